@@ -1,0 +1,64 @@
+"""Shared fixtures: real models (tiny.en, base), synthetic speech with known text, the transformers oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vllm_whisper.model_executor.loader import LoadedModel, load_model
+from vllm_whisper.testing.speech import Utterance, english_corpus, synthesize
+
+torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_en() -> LoadedModel:
+    return load_model("tiny.en", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def base_model() -> LoadedModel:
+    return load_model("base", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("speech")
+
+
+@pytest.fixture(scope="session")
+def english_clips(speech_dir) -> list[Utterance]:
+    """24 Harvard sentences across flite (4 voices), festival and espeak-ng."""
+    return english_corpus(speech_dir / "english", count=24)
+
+
+@pytest.fixture(scope="session")
+def fox_clip(speech_dir) -> Utterance:
+    return synthesize("The quick brown fox jumps over the lazy dog.", speech_dir / "fox.wav", "flite", "slt")
+
+
+@pytest.fixture(scope="session")
+def hf_tiny_dir(tiny_en, tmp_path_factory) -> Path:
+    """The tiny.en CTranslate2 weights written out as a Hugging Face directory."""
+    from vllm_whisper.model_executor.export import export_hf
+
+    return export_hf(tiny_en, tmp_path_factory.mktemp("hf") / "whisper-tiny.en")
+
+
+@pytest.fixture(scope="session")
+def hf_oracle(hf_tiny_dir):
+    """transformers' WhisperForConditionalGeneration on the same weights, fp32 on the CPU."""
+    from transformers import WhisperForConditionalGeneration
+
+    return WhisperForConditionalGeneration.from_pretrained(hf_tiny_dir, dtype=torch.float32).eval()

@@ -1,0 +1,83 @@
+"""The `vllm-whisper` command: `vllm-whisper transcribe FILE [FILE ...] --model tiny.en --output-format jsonl`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vllm_whisper.audio.decode import AudioDecodeError
+from vllm_whisper.model_executor.errors import ModelLoadError
+
+OUTPUT_FORMATS = ("jsonl", "text", "srt", "vtt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vllm-whisper", description="Whisper speech-to-text on vllm-whisper.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    tr = commands.add_parser("transcribe", help="transcribe or translate audio files")
+    tr.add_argument("files", nargs="+", help="audio files (wav, flac, mp3, ogg, m4a, webm, mpeg, ...)")
+    tr.add_argument("--model", default="tiny.en", help="alias (tiny.en, base), model directory or hub id")
+    tr.add_argument("--language", default=None, help="spoken language (ISO code or name); default: detect")
+    tr.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    tr.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl")
+    tr.add_argument("--output-dir", type=Path, default=None, help="write FILE.<format> here instead of stdout")
+    tr.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    tr.add_argument("--device", default="cpu", help="cpu or cuda")
+    tr.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _transcribe(args)
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from vllm_whisper.entrypoints.llm import LLM
+    from vllm_whisper.outputs.subtitles import to_srt, to_vtt
+    from vllm_whisper.params import TranscriptionParams
+
+    fmt = args.output_format
+    if fmt in ("srt", "vtt") and len(args.files) > 1 and args.output_dir is None:
+        print(f"error: {fmt} output of several files needs --output-dir", file=sys.stderr)
+        return 2
+    try:
+        params = TranscriptionParams(task=args.task, language=args.language, timestamps=not args.no_timestamps)
+        llm = LLM(model=args.model, dtype=args.dtype, device=args.device)
+    except (ValueError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failures = 0
+    for file in args.files:
+        try:
+            result = llm.transcribe([file], params)[0]
+        except (AudioDecodeError, ValueError) as exc:
+            failures += 1
+            print(f"error: {exc}", file=sys.stderr)
+            if fmt == "jsonl" and args.output_dir is None:
+                print(json.dumps({"file": file, "error": str(exc)}), flush=True)
+            continue
+        if fmt == "jsonl":
+            body = json.dumps({
+                "file": file, "text": result.text, "language": result.language, "duration": result.duration,
+            }, ensure_ascii=False) + "\n"
+        elif fmt == "text":
+            body = result.text + "\n"
+        elif fmt == "srt":
+            body = to_srt(result.segments)
+        else:
+            body = to_vtt(result.segments)
+        if args.output_dir is not None:
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+            extension = "json" if fmt == "jsonl" else ("txt" if fmt == "text" else fmt)
+            (args.output_dir / f"{Path(file).stem}.{extension}").write_text(body, encoding="utf-8")
+        else:
+            sys.stdout.write(body)
+            sys.stdout.flush()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

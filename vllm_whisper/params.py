@@ -1,0 +1,44 @@
+"""TranscriptionParams: the one options object that the CLI, the offline API and (later) the server fill in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vllm_whisper.languages import normalize_language
+
+TASKS = ("transcribe", "translate")
+
+
+@dataclass(frozen=True)
+class TranscriptionParams:
+    """How to transcribe one audio input.
+
+    task: "transcribe" keeps the spoken language; "translate" outputs English (multilingual models only).
+    language: ISO code or name of the spoken language; None detects it from the first window.
+    timestamps: decode Whisper's timestamp tokens, giving one segment per sentence-like span; False gives one
+        segment per 30 s window and decodes slightly faster.
+    max_new_tokens: most tokens sampled per 30 s window (the reference uses 224 = half the decoder context).
+    suppress_tokens: token ids never sampled; None uses the checkpoint's list (non-speech symbols, controls).
+    suppress_blank: forbid a blank or end-of-text as the first sampled token of a window.
+    max_initial_timestamp: latest allowed first timestamp of a window, in seconds.
+    """
+
+    task: str = "transcribe"
+    language: str | None = None
+    timestamps: bool = True
+    max_new_tokens: int = 224
+    suppress_tokens: tuple[int, ...] | None = None
+    suppress_blank: bool = True
+    max_initial_timestamp: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.language is not None:
+            object.__setattr__(self, "language", normalize_language(self.language))
+        if not 1 <= self.max_new_tokens <= 448:
+            raise ValueError(f"max_new_tokens must be between 1 and 448, got {self.max_new_tokens}")
+        if not 0.0 <= self.max_initial_timestamp <= 30.0:
+            raise ValueError(f"max_initial_timestamp must be within a 30 s window, got {self.max_initial_timestamp}")
+        if self.suppress_tokens is not None:
+            object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))

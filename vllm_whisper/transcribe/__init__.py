@@ -1,0 +1,1 @@
+"""Audio of any length -> windows -> decoded segments with timestamps."""

@@ -1,0 +1,39 @@
+"""Transcription results: segments with timestamps and the per-file result, as every output format needs them."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+
+def compression_ratio(text: str) -> float:
+    """How repetitive a text is (the reference's hallucination signal): raw bytes / zlib-compressed bytes."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+@dataclass
+class Segment:
+    """One timed span of text, with the fields OpenAI's verbose_json reports."""
+
+    id: int
+    seek: int  # mel frame offset of the window this segment came from
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass
+class TranscriptionResult:
+    """The transcript of one input."""
+
+    text: str
+    language: str
+    duration: float  # seconds of audio
+    segments: list[Segment] = field(default_factory=list)
+    language_probability: float | None = None
