@@ -71,8 +71,13 @@ def _require(program: str, package: str) -> str:
     return found
 
 
-def synthesize(text: str, path: Path, engine: str = "flite", voice: str = "slt") -> Utterance:
-    """Speak `text` into the WAV file `path` with the given engine and voice (espeak-ng: a language code)."""
+def synthesize(
+    text: str, path: Path, engine: str = "flite", voice: str = "slt", words_per_minute: int | None = None
+) -> Utterance:
+    """Speak `text` into the WAV file `path` with the given engine and voice (espeak-ng: a language code).
+
+    words_per_minute slows espeak-ng down (its default of 175 is hard for small models in other languages).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if engine == "flite":
@@ -82,7 +87,8 @@ def synthesize(text: str, path: Path, engine: str = "flite", voice: str = "slt")
         command = [_require("text2wave", "festival festvox-us-slt-hts"), "-o", str(path), "-eval", f"(voice_{voice})"]
         stdin = text
     elif engine == "espeak-ng":
-        command = [_require("espeak-ng", "espeak-ng"), "-v", voice, "-w", str(path), text]
+        rate = ["-s", str(words_per_minute)] if words_per_minute else []
+        command = [_require("espeak-ng", "espeak-ng"), "-v", voice, *rate, "-w", str(path), text]
         stdin = None
     else:
         raise ValueError(f"unknown speech engine {engine!r}; use flite, festival or espeak-ng")
