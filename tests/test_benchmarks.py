@@ -1,0 +1,27 @@
+"""Smoke test: the offline benchmark runs end to end in a short mode and writes well-formed results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_offline_short_run(tmp_path):
+    out = tmp_path / "offline.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "benchmark_offline.py"), "--clips", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "vllm-whisper (sequential)" in done.stdout and "transformers (sequential)" in done.stdout
+    assert "Machine:" in done.stdout
+    data = json.loads(out.read_text())
+    assert data["clips"] == 2 and data["audio_seconds"] > 1
+    systems = {row["system"] for row in data["results"]}
+    assert {"vllm-whisper (sequential)", "transformers (sequential)", "transformers (batch 2)"} <= systems
+    for row in data["results"]:
+        assert row["rtfx"] > 0 and row["wall_s"] > 0 and 0 <= row["wer"] <= 1
