@@ -183,7 +183,7 @@ def test_small_random_model_runs_with_128_mel_bins():
     with torch.inference_mode():
         encoded = model.encode(torch.randn(2, 128, 3000))
         hidden = model.decode(torch.tensor([[1, 2, 3]] * 2), torch.arange(3)[None].repeat(2, 1),
-                              model.compute_cross_kv(encoded), ContiguousKVCache(1))
+                              ContiguousKVCache(1, model.compute_cross_kv(encoded)))
         logits = model.compute_logits(hidden)
     assert encoded.shape == (2, 1500, 64) and logits.shape == (2, 3, 51866)
 

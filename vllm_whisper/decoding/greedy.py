@@ -58,10 +58,10 @@ def greedy_decode(
     limit = min(max_new_tokens, model.config.max_target_positions - len(prompt))
     if limit <= 0:
         raise ValueError(f"the prompt of {len(prompt)} tokens leaves no room in the 448-token decoder")
-    cache = ContiguousKVCache(model.config.decoder_layers)
+    cache = ContiguousKVCache(model.config.decoder_layers, window.cross_kv)
     tokens = torch.tensor([prompt], device=model.device)
     positions = torch.arange(len(prompt), device=model.device)[None]
-    hidden = model.decode(tokens, positions, window.cross_kv, cache)
+    hidden = model.decode(tokens, positions, cache)
     no_speech_prob = float("nan")
     if no_speech_index is not None:
         first = model.compute_logits(hidden[0, no_speech_index])
@@ -81,7 +81,7 @@ def greedy_decode(
         if step + 1 == limit:
             break
         position = torch.tensor([[len(prompt) + step]], device=model.device)
-        hidden = model.decode(torch.tensor([[token]], device=model.device), position, window.cross_kv, cache)
+        hidden = model.decode(torch.tensor([[token]], device=model.device), position, cache)
         logits = model.compute_logits(hidden[0, -1])
     return WindowDecodeResult(generated, sum_logprob, no_speech_prob, finished)
 
@@ -92,9 +92,9 @@ def detect_language(model: WhisperModel, window: EncodedWindow) -> tuple[str, di
     tokenizer: WhisperTokenizer = model.tokenizer
     if not tokenizer.is_multilingual:
         return "en", {"en": 1.0}
-    cache = ContiguousKVCache(model.config.decoder_layers)
+    cache = ContiguousKVCache(model.config.decoder_layers, window.cross_kv)
     tokens = torch.tensor([[tokenizer.sot]], device=model.device)
-    hidden = model.decode(tokens, torch.zeros_like(tokens), window.cross_kv, cache)
+    hidden = model.decode(tokens, torch.zeros_like(tokens), cache)
     logits = model.compute_logits(hidden[0, -1])
     codes = list(tokenizer.language_to_id)
     ids = torch.tensor([tokenizer.language_to_id[c] for c in codes], device=logits.device)

@@ -1,8 +1,8 @@
 """Whisper encoder and decoder in PyTorch, for every released shape (80 or 128 mel bins, fp32/fp16/bf16).
 
 The split mirrors the engine: `encode` runs once per 30 s window, `compute_cross_kv` projects that output to
-every decoder layer's cross-attention K/V once, and `decode` runs one or more decoder tokens against a
-self-attention cache supplied by the caller (a contiguous reference cache here, the engine's paged cache later).
+every decoder layer's cross-attention K/V once, and `decode` runs one or more decoder tokens through a
+DecoderAttention supplied by the caller (the contiguous reference here, the engine's paged cache and slots).
 Parameter names follow Hugging Face's WhisperForConditionalGeneration (without the `model.` prefix).
 """
 
@@ -20,11 +20,15 @@ from vllm_whisper.model_executor.whisper_config import WhisperConfig
 CrossKV = list[tuple[Tensor, Tensor]]  # per decoder layer: (k, v), each (batch, heads, 1500, head_dim)
 
 
-class SelfAttentionCache(Protocol):
-    """Stores a decoder layer's new K/V and returns attention of the new queries over all cached tokens."""
+class DecoderAttention(Protocol):
+    """Where the decoder's attention happens: the caller owns the self-attention cache and the cross K/V."""
 
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q, k, v: (batch, heads, new_tokens, head_dim) -> (batch, heads, new_tokens, head_dim)."""
+    def self_attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Store the new tokens' K/V, attend causally over the cache. (batch, heads, new, head_dim) each."""
+        ...
+
+    def cross_attend(self, layer: int, q: Tensor) -> Tensor:
+        """Attend the new tokens' queries (batch, heads, new, head_dim) over the window's cross K/V."""
         ...
 
 
@@ -88,14 +92,14 @@ class DecoderLayer(nn.Module):
         self.fc2 = nn.Linear(config.decoder_ffn_dim, config.d_model)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, x: Tensor, layer: int, cache: SelfAttentionCache, cross_k: Tensor, cross_v: Tensor) -> Tensor:
+    def forward(self, x: Tensor, layer: int, attention: DecoderAttention) -> Tensor:
         h = self.self_attn_layer_norm(x)
         q = self.self_attn.split_heads(self.self_attn.q_proj(h))
         k, v = self.self_attn.project_kv(h)
-        x = x + self.self_attn.merge_heads(cache.attend(layer, q, k, v))
+        x = x + self.self_attn.merge_heads(attention.self_attend(layer, q, k, v))
         h = self.encoder_attn_layer_norm(x)
         q = self.encoder_attn.split_heads(self.encoder_attn.q_proj(h))
-        x = x + self.encoder_attn.merge_heads(F.scaled_dot_product_attention(q, cross_k, cross_v))
+        x = x + self.encoder_attn.merge_heads(attention.cross_attend(layer, q))
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
 
@@ -132,10 +136,10 @@ class WhisperDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
         self.layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, tokens: Tensor, positions: Tensor, cross_kv: CrossKV, cache: SelfAttentionCache) -> Tensor:
+    def forward(self, tokens: Tensor, positions: Tensor, attention: DecoderAttention) -> Tensor:
         x = self.embed_tokens(tokens) + self.embed_positions(positions)
         for i, layer in enumerate(self.layers):
-            x = layer(x, i, cache, *cross_kv[i])
+            x = layer(x, i, attention)
         return self.layer_norm(x)
 
 
@@ -159,12 +163,12 @@ class WhisperModel(nn.Module, SupportsTranscription):
         """Project encoder states to every decoder layer's cross-attention K/V (done once per window)."""
         return [layer.encoder_attn.project_kv(encoder_out) for layer in self.decoder.layers]
 
-    def decode(self, tokens: Tensor, positions: Tensor, cross_kv: CrossKV, cache: SelfAttentionCache) -> Tensor:
+    def decode(self, tokens: Tensor, positions: Tensor, attention: DecoderAttention) -> Tensor:
         """Decoder hidden states (batch, tokens, d_model) for new tokens at the given positions."""
         max_pos = self.config.max_target_positions
         if int(positions.max()) >= max_pos:
             raise ValueError(f"decoder position {int(positions.max())} exceeds the model's {max_pos} tokens")
-        return self.decoder(tokens, positions, cross_kv, cache)
+        return self.decoder(tokens, positions, attention)
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """Output projection tied to the token embedding, in float32 for stable sampling."""
@@ -184,17 +188,23 @@ class WhisperModel(nn.Module, SupportsTranscription):
 
 
 class ContiguousKVCache:
-    """Reference self-attention cache: per-layer K/V tensors grown by concatenation, rows of equal length."""
+    """Reference decoder attention: per-layer K/V grown by concatenation (rows of equal length) and the
+    window's cross K/V held as plain tensors. The oracle the paged engine is tested against."""
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, cross_kv: CrossKV):
         self.keys: list[Tensor | None] = [None] * num_layers
         self.values: list[Tensor | None] = [None] * num_layers
+        self.cross_kv = cross_kv
+
+    def cross_attend(self, layer: int, q: Tensor) -> Tensor:
+        k, v = self.cross_kv[layer]
+        return F.scaled_dot_product_attention(q, k, v)
 
     @property
     def length(self) -> int:
         return 0 if self.keys[0] is None else self.keys[0].shape[2]
 
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def self_attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         past_k, past_v = self.keys[layer], self.values[layer]
         if past_k is not None:
             k = torch.cat([past_k, k], dim=2)
@@ -212,3 +222,4 @@ class ContiguousKVCache:
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
             if k is not None:
                 self.keys[i], self.values[i] = k[rows], v[rows]
+        self.cross_kv = [(k[rows], v[rows]) for k, v in self.cross_kv]
