@@ -1,0 +1,53 @@
+"""Reference attention over the paged self-attention cache and the cross-attention slots, in plain torch.
+
+Runs everywhere and is the oracle for the Triton kernels. Self-attention gathers each sequence's keys through
+its block table; cross-attention reads each window's slot in place (no gather copy of 1500 frames).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vllm_whisper.attention.metadata import PagedAttentionMetadata
+from vllm_whisper.engine.kv_cache import KVCacheTensors
+
+
+class TorchPagedAttention:
+    """DecoderAttention for one engine step."""
+
+    def __init__(self, cache: KVCacheTensors, metadata: PagedAttentionMetadata):
+        self.cache = cache
+        self.meta = metadata
+        new = metadata.slot_mapping.shape[1]
+        keys = torch.arange(metadata.key_slots.shape[1], device=metadata.key_slots.device)
+        query_pos = metadata.past_lens[:, None] + torch.arange(new, device=keys.device)[None, :]  # (B, T)
+        valid = keys[None, None, :] < metadata.context_lens[:, None, None]
+        causal = keys[None, None, :] <= query_pos[:, :, None]
+        self.mask = (valid & causal)[:, None]  # (B, 1, T, L)
+        self.write = metadata.slot_mapping >= 0
+        self.write_slots = metadata.slot_mapping[self.write]
+
+    def self_attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        heads, head_dim = q.shape[1], q.shape[3]
+        flat_k = self.cache.self_k[layer].view(-1, heads, head_dim)
+        flat_v = self.cache.self_v[layer].view(-1, heads, head_dim)
+        flat_k[self.write_slots] = k.transpose(1, 2)[self.write].to(flat_k.dtype)
+        flat_v[self.write_slots] = v.transpose(1, 2)[self.write].to(flat_v.dtype)
+        keys = flat_k[self.meta.key_slots].transpose(1, 2).to(q.dtype)  # (B, H, L, D)
+        values = flat_v[self.meta.key_slots].transpose(1, 2).to(q.dtype)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask)
+
+    def cross_attend(self, layer: int, q: Tensor) -> Tensor:
+        cross_k, cross_v = self.cache.cross_k[layer], self.cache.cross_v[layer]
+        slots = self.meta.cross_slots_list
+        first = slots[0]
+        if slots == list(range(first, first + len(slots))):  # contiguous slots: one batched call on a view
+            k, v = cross_k[first:first + len(slots)], cross_v[first:first + len(slots)]
+            return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
+        outputs = [
+            F.scaled_dot_product_attention(q[b:b + 1], cross_k[s:s + 1].to(q.dtype), cross_v[s:s + 1].to(q.dtype))
+            for b, s in enumerate(slots)
+        ]
+        return torch.cat(outputs)

@@ -1,0 +1,42 @@
+"""Engine configuration; every value is validated here so bad flags fail at start-up with a clear message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine batches and how much memory its caches get.
+
+    max_num_seqs: most sequences decoding at once.
+    max_num_batched_tokens: most decoder tokens fed in one step (prompts count in full, decodes one each).
+    max_encoder_windows_per_step: most new 30 s windows encoded in one step (bounds a step's latency).
+    block_size: tokens per self-attention KV block.
+    kv_cache_space_gib: CPU memory for the self-attention blocks and cross-attention slots together.
+    gpu_memory_utilization: fraction of GPU memory the process may use in total (GPU only).
+    num_kv_blocks / num_cross_slots: exact pool sizes, overriding the budget (tests and tuning).
+    """
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 8192
+    max_encoder_windows_per_step: int = 16
+    block_size: int = 16
+    kv_cache_space_gib: float = 4.0
+    gpu_memory_utilization: float = 0.9
+    num_kv_blocks: int | None = None
+    num_cross_slots: int | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("max_num_seqs", "max_num_batched_tokens", "max_encoder_windows_per_step", "block_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.kv_cache_space_gib <= 0:
+            raise ValueError(f"kv_cache_space_gib must be positive, got {self.kv_cache_space_gib}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        for name in ("num_kv_blocks", "num_cross_slots"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
