@@ -1,0 +1,200 @@
+"""The synchronous engine: add window requests, call step() until they finish.
+
+Each step encodes newly admitted windows in one batch (their cross K/V written once into slots), feeds every
+running sequence one token (new ones their whole prompt) through the paged decoder, applies Whisper's rules and
+samples. Finished or aborted requests return their blocks and slots at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vllm_whisper.config import EngineConfig
+from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, allocate_tensors, plan_pools
+from vllm_whisper.engine.model_runner import ModelRunner
+from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus
+from vllm_whisper.engine.sampler import SamplingParams, apply_rules, sample
+from vllm_whisper.engine.scheduler import Scheduler, blocks_for
+from vllm_whisper.model_executor.loader import LoadedModel
+
+
+@dataclass
+class EngineStats:
+    """Counters and gauges; "exactly once" claims about the encoder are tested against these."""
+
+    encoder_runs: int
+    cross_kv_projections: int
+    generated_tokens: int
+    preemptions: int
+    num_running: int
+    num_waiting: int
+    kv_usage: float  # fraction of self-attention blocks in use
+    cross_slot_usage: float
+    audio_seconds_processed: float
+    num_kv_blocks: int
+    num_free_kv_blocks: int
+    num_cross_slots: int
+    num_free_cross_slots: int
+    steps: int
+
+
+class LLMEngine:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None):
+        self.loaded = loaded
+        self.config = config or EngineConfig()
+        model = loaded.model
+        num_blocks, num_slots = self._pool_sizes()
+        self.block_pool = BlockPool(num_blocks)
+        self.slot_pool = SlotPool(num_slots)
+        cache = allocate_tensors(loaded.config, num_blocks, num_slots, self.config.block_size, model.dtype,
+                                 model.device)
+        self.runner = ModelRunner(model, cache, loaded.tokenizer.special.no_speech)
+        self.scheduler = Scheduler(self.config, self.block_pool, self.slot_pool,
+                                   self.config.encoder_windows_per_step(model.device.type))
+        self.requests: dict[str, Request] = {}
+        self.generated_tokens = 0
+        self.audio_seconds_processed = 0.0
+        self.steps = 0
+
+    # --- memory -----------------------------------------------------------------------------------
+    def _pool_sizes(self) -> tuple[int, int]:
+        cfg, model = self.config, self.loaded.model
+        if cfg.num_kv_blocks is not None and cfg.num_cross_slots is not None:
+            return cfg.num_kv_blocks, cfg.num_cross_slots
+        if model.device.type == "cuda":
+            budget = self._gpu_budget_bytes()
+        else:
+            budget = int(cfg.kv_cache_space_gib * 2**30)
+        blocks, slots = plan_pools(self.loaded.config, budget, cfg.block_size, cfg.max_num_seqs, model.dtype)
+        return cfg.num_kv_blocks or blocks, cfg.num_cross_slots or slots
+
+    def _gpu_budget_bytes(self) -> int:
+        """Memory left for the caches under --gpu-memory-utilization after a profiling pass of the encoder."""
+        model = self.loaded.model
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            windows = self.config.encoder_windows_per_step("cuda")
+            probe = torch.zeros(windows, self.loaded.config.num_mel_bins, 3000, device=model.device)
+            model.compute_cross_kv(model.encode(probe))
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        _, total = torch.cuda.mem_get_info()
+        budget = int(total * self.config.gpu_memory_utilization) - peak
+        torch.cuda.empty_cache()
+        if budget <= 0:
+            raise ValueError(
+                f"The model needs {peak / 2**30:.1f} GiB of the GPU's {total / 2**30:.1f} GiB at "
+                f"--gpu-memory-utilization {self.config.gpu_memory_utilization}; nothing is left for the KV cache."
+            )
+        return budget
+
+    # --- requests ---------------------------------------------------------------------------------
+    def add_request(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
+                    audio_seconds: float = 30.0) -> None:
+        """Queue one window for decoding; features are (n_mels, 3000) log-mel frames."""
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        expected = (self.loaded.config.num_mel_bins, 3000)
+        if tuple(features.shape) != expected:
+            raise ValueError(f"features must have shape {expected}, got {tuple(features.shape)}")
+        room = self.loaded.config.max_target_positions - len(prompt)
+        if not prompt or room <= 0:
+            raise ValueError(f"the prompt must hold 1 to {self.loaded.config.max_target_positions - 1} tokens")
+        max_tokens = min(params.max_new_tokens, room)
+        if blocks_for(len(prompt) + max_tokens, self.config.block_size) > self.block_pool.num_blocks:
+            raise ValueError("the KV cache is too small for one full-length request; raise the cache budget")
+        generator = None
+        if params.temperature > 0:
+            generator = torch.Generator(device=self.loaded.model.device)
+            generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        request = Request(request_id, features, list(prompt), params, max_tokens, audio_seconds,
+                          generator=generator)
+        self.requests[request_id] = request
+        self.scheduler.add(request)
+
+    def abort_request(self, request_id: str) -> bool:
+        """Stop a request and free its blocks and slot; False when it is unknown or already finished."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return False
+        self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # --- the step ---------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            if self.scheduler.waiting and not self.scheduler.running:
+                raise RuntimeError("no waiting request fits the KV cache; raise the cache budget")
+            return []
+        self.steps += 1
+        if plan.encode:
+            self.runner.encode(plan.encode)
+        outputs: list[RequestOutput] = []
+        for group in (plan.prefill, plan.decode):
+            if group:
+                outputs += self._run_group(group)
+        return outputs
+
+    def _run_group(self, group: list[Request]) -> list[RequestOutput]:
+        step = self.runner.run(group)
+        ruled = apply_rules(step.logits, [r.params.rules for r in group], [r.output for r in group])
+        sampled = sample(ruled, [r.params for r in group], [r.generator for r in group])
+        now = time.monotonic()
+        outputs = []
+        for request, token, logprob, no_speech in zip(group, sampled.tokens, sampled.logprobs, step.no_speech_probs):
+            if no_speech is not None and math.isnan(request.no_speech_prob):
+                request.no_speech_prob = no_speech
+            if request.first_token_time is None:
+                request.first_token_time = now
+            request.sum_logprob += logprob
+            new_tokens: list[int] = []
+            status = None
+            if token == request.params.rules.eot:
+                status = RequestStatus.FINISHED_STOPPED
+            else:
+                request.output.append(token)
+                new_tokens.append(token)
+                self.generated_tokens += 1
+                if len(request.output) >= request.max_tokens:
+                    status = RequestStatus.FINISHED_LENGTH
+            if status is not None:
+                self.scheduler.finish(request, status)
+                self.requests.pop(request.request_id, None)
+                self.audio_seconds_processed += request.audio_seconds
+            outputs.append(RequestOutput(
+                request.request_id, list(request.output), new_tokens, status is not None,
+                status.value if status is not None else None, request.sum_logprob, request.no_speech_prob,
+            ))
+        return outputs
+
+    # --- observability ----------------------------------------------------------------------------
+    @property
+    def stats(self) -> EngineStats:
+        blocks, slots = self.block_pool, self.slot_pool
+        counters = self.runner.counters
+        return EngineStats(
+            encoder_runs=counters.encoder_runs,
+            cross_kv_projections=counters.cross_kv_projections,
+            generated_tokens=self.generated_tokens,
+            preemptions=self.scheduler.num_preemptions,
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_usage=1.0 - blocks.num_free / blocks.num_blocks,
+            cross_slot_usage=1.0 - slots.num_free / slots.num_slots,
+            audio_seconds_processed=self.audio_seconds_processed,
+            num_kv_blocks=blocks.num_blocks,
+            num_free_kv_blocks=blocks.num_free,
+            num_cross_slots=slots.num_slots,
+            num_free_cross_slots=slots.num_free,
+            steps=self.steps,
+        )

@@ -1,0 +1,82 @@
+"""Runs the model for a scheduled step: batched encoder for new windows (cross K/V projected once, straight
+into their slots), then the decoder over the paged cache for the prefill and decode groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vllm_whisper.attention.metadata import PagedAttentionMetadata
+from vllm_whisper.attention.torch_paged import TorchPagedAttention
+from vllm_whisper.engine.kv_cache import KVCacheTensors
+from vllm_whisper.engine.request import Request
+from vllm_whisper.model_executor.whisper import WhisperModel
+
+
+@dataclass
+class RunnerCounters:
+    encoder_runs: int = 0  # windows passed through the encoder
+    cross_kv_projections: int = 0  # windows whose cross K/V were projected
+    decoder_tokens: int = 0  # decoder positions computed (prefill and decode)
+
+
+@dataclass
+class StepLogits:
+    logits: Tensor  # (rows, vocab) at each row's last fed position
+    no_speech_probs: list[float | None]  # per row, when its <|startoftranscript|> position was fed
+
+
+class ModelRunner:
+    def __init__(self, model: WhisperModel, cache: KVCacheTensors, no_speech_token: int):
+        self.model = model
+        self.cache = cache
+        self.no_speech_token = no_speech_token
+        self.counters = RunnerCounters()
+
+    @torch.inference_mode()
+    def encode(self, requests: list[Request]) -> None:
+        """Encode the windows of newly admitted requests and write their cross K/V into their slots."""
+        features = torch.stack([r.features for r in requests]).to(self.model.device)
+        encoder_out = self.model.encode(features)
+        cross_kv = self.model.compute_cross_kv(encoder_out)
+        slots = torch.tensor([r.cross_slot for r in requests], device=self.model.device)
+        for layer, (k, v) in enumerate(cross_kv):
+            self.cache.cross_k[layer][slots] = k.to(self.cache.cross_k[layer].dtype)
+            self.cache.cross_v[layer][slots] = v.to(self.cache.cross_v[layer].dtype)
+        self.counters.encoder_runs += len(requests)
+        self.counters.cross_kv_projections += len(requests)
+
+    @torch.inference_mode()
+    def run(self, requests: list[Request]) -> StepLogits:
+        """Feed every request's pending tokens through the decoder; return logits at each last position."""
+        device = self.model.device
+        feeds = [r.pending_tokens for r in requests]
+        t_max = max(len(f) for f in feeds)
+        tokens = torch.zeros((len(requests), t_max), dtype=torch.long)
+        positions = torch.zeros((len(requests), t_max), dtype=torch.long)
+        for b, (request, feed) in enumerate(zip(requests, feeds)):
+            tokens[b, : len(feed)] = torch.tensor(feed)
+            span = torch.arange(request.num_computed, request.num_computed + len(feed))
+            positions[b, : len(feed)] = span
+            positions[b, len(feed):] = span[-1]
+        metadata = PagedAttentionMetadata.build(
+            [r.block_table for r in requests], [r.num_computed for r in requests], [len(f) for f in feeds],
+            [r.cross_slot for r in requests], self.cache.block_size, device,
+        )
+        hidden = self.model.decode(tokens.to(device), positions.to(device), TorchPagedAttention(self.cache, metadata))
+        last = torch.tensor([len(f) - 1 for f in feeds], device=device)
+        logits = self.model.compute_logits(hidden[torch.arange(len(requests), device=device), last])
+        no_speech: list[float | None] = []
+        for b, request in enumerate(requests):
+            index = request.params.no_speech_index
+            if index is not None and request.num_computed <= index < request.num_computed + len(feeds[b]):
+                row = self.model.compute_logits(hidden[b, index - request.num_computed])
+                no_speech.append(float(torch.softmax(row, dim=-1)[self.no_speech_token]))
+            else:
+                no_speech.append(None)
+        for request, feed in zip(requests, feeds):
+            request.num_computed += len(feed)
+        self.counters.decoder_tokens += sum(len(f) for f in feeds)
+        return StepLogits(logits, no_speech)

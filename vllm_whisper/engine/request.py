@@ -1,0 +1,78 @@
+"""A window request: one 30 s window's features, its decoder prompt and how to sample, plus its progress."""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from vllm_whisper.engine.sampler import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED_STOPPED = "stop"  # end-of-text sampled
+    FINISHED_LENGTH = "length"  # max_new_tokens or the decoder's 448 positions reached
+    FINISHED_ABORTED = "abort"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
+                        RequestStatus.FINISHED_ABORTED)
+
+
+@dataclass
+class Request:
+    """Engine-side state of one window decode."""
+
+    request_id: str
+    features: Tensor  # (n_mels, 3000) log-mel of the window
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int  # min(max_new_tokens, room left in the decoder context)
+    audio_seconds: float = 30.0
+    arrival_time: float = field(default_factory=time.monotonic)
+    output: list[int] = field(default_factory=list)
+    sum_logprob: float = 0.0
+    no_speech_prob: float = math.nan
+    status: RequestStatus = RequestStatus.WAITING
+    block_table: list[int] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose K/V are in the cache
+    cross_slot: int | None = None
+    generator: torch.Generator | None = None
+    first_token_time: float | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.output
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def pending_tokens(self) -> list[int]:
+        """Tokens to feed this step: the whole uncached context after admission, else the last sample."""
+        return self.tokens[self.num_computed:]
+
+
+@dataclass
+class RequestOutput:
+    """What a step produced for one request (cumulative tokens plus the new ones)."""
+
+    request_id: str
+    tokens: list[int]  # sampled tokens so far, without end-of-text
+    new_tokens: list[int]
+    finished: bool
+    finish_reason: str | None
+    sum_logprob: float
+    no_speech_prob: float
+
+    @property
+    def avg_logprob(self) -> float:
+        return self.sum_logprob / (len(self.tokens) + 1)
