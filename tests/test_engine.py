@@ -1,0 +1,163 @@
+"""The batched engine against the single-window greedy oracle: identical tokens, encoder and cross-K/V exactly
+once per window (also under preemption), and no leaked blocks or slots after aborts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from vllm_whisper.audio import load_audio, window_features
+from vllm_whisper.config import EngineConfig
+from vllm_whisper.decoding.greedy import encode_window, greedy_decode
+from vllm_whisper.engine.llm_engine import LLMEngine
+from vllm_whisper.engine.sampler import SamplingParams
+from vllm_whisper.model_executor.whisper_config import WhisperConfig
+from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.testing.random_model import random_model
+from vllm_whisper.transcribe.sequential import build_rules
+
+
+def run_to_completion(engine: LLMEngine) -> dict:
+    finished = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = out
+    return finished
+
+
+def oracle(loaded, features, prompt, params: SamplingParams):
+    window = encode_window(loaded.model, features)
+    return greedy_decode(loaded.model, window, prompt, params.rules, params.max_new_tokens, params.no_speech_index)
+
+
+@pytest.fixture(scope="module")
+def thirty_windows(tiny_en, english_clips):
+    """30 windows: the 24 sentences plus 6 of them mixed with noise (so outputs differ in length)."""
+    rng = torch.Generator().manual_seed(0)
+    features = []
+    for i in range(30):
+        audio = torch.from_numpy(load_audio(english_clips[i % len(english_clips)].path))
+        if i >= len(english_clips):
+            audio = audio + 0.01 * torch.randn(audio.shape, generator=rng)
+        features.append(window_features(audio.numpy(), 80))
+    return features
+
+
+def test_thirty_windows_batched_equal_each_alone(tiny_en, thirty_windows):
+    rules_ts = build_rules(tiny_en, TranscriptionParams(timestamps=True))
+    rules_plain = build_rules(tiny_en, TranscriptionParams(timestamps=False))
+    tok = tiny_en.tokenizer
+    engine = LLMEngine(tiny_en, EngineConfig(kv_cache_space_gib=1.0))
+    expected = {}
+    for i, features in enumerate(thirty_windows):
+        timestamps = i % 3 != 0  # mix both modes in one batch
+        prompt = tok.sot_sequence(None, "transcribe", timestamps)
+        params = SamplingParams(rules_ts if timestamps else rules_plain, no_speech_index=0)
+        engine.add_request(f"w{i}", features, prompt, params)
+        expected[f"w{i}"] = oracle(tiny_en, features, prompt, params)
+    finished = run_to_completion(engine)
+    assert set(finished) == set(expected)
+    for request_id, reference in expected.items():
+        out = finished[request_id]
+        assert out.tokens == reference.tokens, request_id
+        assert out.sum_logprob == pytest.approx(reference.sum_logprob, abs=1e-3)
+        assert out.no_speech_prob == pytest.approx(reference.no_speech_prob, abs=1e-5)
+    stats = engine.stats
+    assert stats.encoder_runs == 30 and stats.cross_kv_projections == 30
+    assert stats.num_free_kv_blocks == stats.num_kv_blocks and stats.num_free_cross_slots == stats.num_cross_slots
+    assert stats.generated_tokens == sum(len(r.tokens) for r in expected.values())
+
+
+@pytest.fixture(scope="module")
+def small_random(tiny_en):
+    config = WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=1, encoder_attention_heads=2,
+                           decoder_layers=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                           vocab_size=tiny_en.config.vocab_size)
+    return random_model(config, tiny_en.tokenizer, seed=3)
+
+
+def random_params(loaded, rng: random.Random) -> tuple[list[int], SamplingParams]:
+    timestamps = rng.random() < 0.5
+    rules = build_rules(loaded, TranscriptionParams(timestamps=timestamps))
+    prompt = loaded.tokenizer.sot_sequence(None, "transcribe", timestamps)
+    return prompt, SamplingParams(rules, max_new_tokens=rng.randrange(4, 40), no_speech_index=0)
+
+
+def test_preemption_recomputes_without_reencoding(small_random):
+    """Eight long requests on a cache of 12 blocks: preemptions happen, outputs stay exact, encoder runs once each."""
+    rng = random.Random(1)
+    torch.manual_seed(1)
+    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=12, num_cross_slots=8, block_size=4))
+    expected = {}
+    for i in range(8):
+        features = torch.randn(80, 3000)
+        prompt, params = random_params(small_random, rng)
+        params = SamplingParams(params.rules, max_new_tokens=30, no_speech_index=0)
+        engine.add_request(str(i), features, prompt, params)
+        expected[str(i)] = oracle(small_random, features, prompt, params).tokens
+    finished = run_to_completion(engine)
+    assert engine.stats.preemptions > 0
+    assert {k: v.tokens for k, v in finished.items()} == expected
+    assert engine.stats.encoder_runs == 8 and engine.stats.cross_kv_projections == 8
+
+
+def test_thousand_requests_with_random_aborts_leak_nothing(small_random):
+    rng = random.Random(7)
+    torch.manual_seed(7)
+    windows = [torch.randn(80, 3000) for _ in range(5)]
+    specs = [random_params(small_random, rng) for _ in range(8)]
+    reference = {(w, s): oracle(small_random, windows[w], *specs[s]).tokens
+                 for w in range(len(windows)) for s in range(len(specs))}
+    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=40, num_cross_slots=6, block_size=4,
+                                                  max_num_seqs=16))
+    submitted, aborted, checked = 0, set(), 0
+    keys: dict[str, tuple[int, int]] = {}
+    while submitted < 1000 or engine.has_unfinished_requests():
+        for _ in range(rng.randrange(0, 12)):
+            if submitted < 1000:
+                key = (rng.randrange(len(windows)), rng.randrange(len(specs)))
+                request_id = f"r{submitted}"
+                engine.add_request(request_id, windows[key[0]], *specs[key[1]])
+                keys[request_id] = key
+                submitted += 1
+        if engine.requests and rng.random() < 0.3:
+            victim = rng.choice(sorted(engine.requests))
+            assert engine.abort_request(victim)
+            aborted.add(victim)
+        for out in engine.step():
+            if out.finished:
+                assert out.request_id not in aborted
+                assert out.tokens == reference[keys[out.request_id]], out.request_id
+                checked += 1
+    stats = engine.stats
+    assert checked + len(aborted) == 1000 and len(aborted) > 50
+    assert stats.num_free_kv_blocks == stats.num_kv_blocks
+    assert stats.num_free_cross_slots == stats.num_cross_slots
+    assert stats.num_running == stats.num_waiting == 0
+    assert not engine.abort_request("r0")  # already gone
+
+
+def test_request_validation(tiny_en):
+    engine = LLMEngine(tiny_en, EngineConfig(num_kv_blocks=64, num_cross_slots=2))
+    params = SamplingParams(build_rules(tiny_en, TranscriptionParams()))
+    with pytest.raises(ValueError, match="shape"):
+        engine.add_request("a", torch.zeros(80, 100), [50257], params)
+    with pytest.raises(ValueError, match="prompt"):
+        engine.add_request("a", torch.zeros(80, 3000), [], params)
+    engine.add_request("a", torch.zeros(80, 3000), [50257], params)
+    with pytest.raises(ValueError, match="already in use"):
+        engine.add_request("a", torch.zeros(80, 3000), [50257], params)
+    small = LLMEngine(tiny_en, EngineConfig(num_kv_blocks=2, num_cross_slots=1))
+    with pytest.raises(ValueError, match="too small"):
+        small.add_request("b", torch.zeros(80, 3000), [50257], params)
+
+
+def test_cache_budget_is_planned_and_refused_when_too_small(tiny_en):
+    engine = LLMEngine(tiny_en, EngineConfig(kv_cache_space_gib=0.5, max_num_seqs=8))
+    stats = engine.stats
+    assert stats.num_cross_slots == 8 and stats.num_kv_blocks >= 8 * 28
+    with pytest.raises(ValueError, match="cannot hold one sequence"):
+        LLMEngine(tiny_en, EngineConfig(kv_cache_space_gib=0.001))
