@@ -107,7 +107,8 @@ def slot_bytes(config: WhisperConfig, dtype: torch.dtype) -> int:
 
 def plan_pools(config: WhisperConfig, budget_bytes: int, block_size: int, max_num_seqs: int,
                dtype: torch.dtype) -> tuple[int, int]:
-    """Split a byte budget into (blocks, slots): each slot is paired with enough blocks for a full decode."""
+    """Split a byte budget into (blocks, slots): each slot is paired with enough blocks for a full decode, and
+    nothing is reserved beyond what max_num_seqs sequences can use."""
     blocks_per_seq = -(-config.max_target_positions // block_size)
     per_sequence = slot_bytes(config, dtype) + blocks_per_seq * block_bytes(config, block_size, dtype)
     slots = min(max_num_seqs, budget_bytes // per_sequence)
@@ -118,7 +119,7 @@ def plan_pools(config: WhisperConfig, budget_bytes: int, block_size: int, max_nu
             f"--gpu-memory-utilization."
         )
     blocks = (budget_bytes - slots * slot_bytes(config, dtype)) // block_bytes(config, block_size, dtype)
-    return int(blocks), int(slots)
+    return int(min(blocks, max_num_seqs * blocks_per_seq)), int(slots)
 
 
 def allocate_tensors(config: WhisperConfig, num_blocks: int, num_slots: int, block_size: int,

@@ -20,6 +20,7 @@ from vllm_whisper.engine.model_runner import ModelRunner
 from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus
 from vllm_whisper.engine.sampler import SamplingParams, apply_rules, sample
 from vllm_whisper.engine.scheduler import Scheduler, blocks_for
+from vllm_whisper.engine.windows import WindowRegistry
 from vllm_whisper.model_executor.loader import LoadedModel
 
 
@@ -54,6 +55,7 @@ class LLMEngine:
         cache = allocate_tensors(loaded.config, num_blocks, num_slots, self.config.block_size, model.dtype,
                                  model.device)
         self.runner = ModelRunner(model, cache, loaded.tokenizer.special.no_speech)
+        self.windows = WindowRegistry(self.slot_pool)
         self.scheduler = Scheduler(self.config, self.block_pool, self.slot_pool,
                                    self.config.encoder_windows_per_step(model.device.type))
         self.requests: dict[str, Request] = {}
@@ -96,8 +98,12 @@ class LLMEngine:
 
     # --- requests ---------------------------------------------------------------------------------
     def add_request(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
-                    audio_seconds: float = 30.0) -> None:
-        """Queue one window for decoding; features are (n_mels, 3000) log-mel frames."""
+                    audio_seconds: float = 30.0, window_key: str | None = None, retain_window: bool = False) -> None:
+        """Queue one window for decoding; features are (n_mels, 3000) log-mel frames.
+
+        Requests with the same window_key share one encoder run and cross-attention slot. With retain_window the
+        slot outlives the request until release_window(window_key), so later requests skip the encoder too.
+        """
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         expected = (self.loaded.config.num_mel_bins, 3000)
@@ -115,6 +121,7 @@ class LLMEngine:
             generator.manual_seed(params.seed if params.seed is not None else torch.seed())
         request = Request(request_id, features, list(prompt), params, max_tokens, audio_seconds,
                           generator=generator)
+        request.window = self.windows.attach(window_key or f"request:{request_id}", retain_window)
         self.requests[request_id] = request
         self.scheduler.add(request)
 
@@ -123,8 +130,17 @@ class LLMEngine:
         request = self.requests.pop(request_id, None)
         if request is None:
             return False
-        self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+        self._finish(request, RequestStatus.FINISHED_ABORTED)
         return True
+
+    def release_window(self, window_key: str) -> bool:
+        """Drop a retained window; its slot is freed once no request decodes it."""
+        return self.windows.release(window_key)
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        self.scheduler.finish(request, status)
+        self.windows.detach(request.window)
+        self.requests.pop(request.request_id, None)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -168,8 +184,7 @@ class LLMEngine:
                 if len(request.output) >= request.max_tokens:
                     status = RequestStatus.FINISHED_LENGTH
             if status is not None:
-                self.scheduler.finish(request, status)
-                self.requests.pop(request.request_id, None)
+                self._finish(request, status)
                 self.audio_seconds_processed += request.audio_seconds
             outputs.append(RequestOutput(
                 request.request_id, list(request.output), new_tokens, status is not None,

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from vllm_whisper.engine.sampler import SamplingParams
+from vllm_whisper.engine.windows import WindowState
 
 
 class RequestStatus(enum.Enum):
@@ -41,11 +42,15 @@ class Request:
     sum_logprob: float = 0.0
     no_speech_prob: float = math.nan
     status: RequestStatus = RequestStatus.WAITING
+    window: WindowState | None = None  # the window (and cross-attention slot) this request decodes
     block_table: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
-    cross_slot: int | None = None
     generator: torch.Generator | None = None
     first_token_time: float | None = None
+
+    @property
+    def cross_slot(self) -> int | None:
+        return None if self.window is None else self.window.slot
 
     @property
     def tokens(self) -> list[int]:

@@ -57,6 +57,8 @@ _mask_cache: dict[tuple[LogitsRules, int, str], tuple[Tensor, Tensor]] = {}
 def _static_masks(rules: LogitsRules, vocab: int, device: torch.device) -> tuple[Tensor, Tensor]:
     key = (rules, vocab, str(device))
     if key not in _mask_cache:
+        if len(_mask_cache) >= 64:  # many distinct per-request suppress lists: start over rather than grow
+            _mask_cache.clear()
         suppress = torch.zeros(vocab, dtype=torch.bool, device=device)
         suppress[list(rules.suppress_tokens)] = True
         begin = torch.zeros(vocab, dtype=torch.bool, device=device)

@@ -66,7 +66,7 @@ class Scheduler:
         # 2. Admit waiting requests in arrival order (preempted ones were put back at the front).
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
-            new_window = request.cross_slot is None
+            new_window = request.window.slot is None
             if new_window and (self.slots.num_free == 0 or
                                len(out.encode) >= self.encoder_windows_per_step):
                 break
@@ -75,7 +75,7 @@ class Scheduler:
                 break
             self.waiting.popleft()
             if new_window:
-                request.cross_slot = self.slots.allocate()
+                request.window.slot = self.slots.allocate()
                 out.encode.append(request)
             request.block_table = [self.blocks.allocate() for _ in range(needed)]
             request.num_computed = 0
@@ -97,7 +97,7 @@ class Scheduler:
         self.num_preemptions += 1
 
     def finish(self, request: Request, status: RequestStatus) -> None:
-        """Mark the request finished and return its blocks and slot to the pools."""
+        """Mark the request finished and return its blocks to the pool (the engine detaches its window)."""
         if request in self.running:
             self.running.remove(request)
         elif request in self.waiting:
@@ -105,7 +105,4 @@ class Scheduler:
         for block in request.block_table:
             self.blocks.free(block)
         request.block_table = []
-        if request.cross_slot is not None:
-            self.slots.free(request.cross_slot)
-            request.cross_slot = None
         request.status = status

@@ -46,19 +46,32 @@ def _transcribe(args: argparse.Namespace) -> int:
     try:
         params = TranscriptionParams(task=args.task, language=args.language, timestamps=not args.no_timestamps)
         llm = LLM(model=args.model, dtype=args.dtype, device=args.device)
+        if params.task == "translate" and not llm.tokenizer.is_multilingual:
+            raise ValueError(f"The English-only model {args.model!r} cannot translate; use a multilingual model.")
     except (ValueError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from vllm_whisper.audio.decode import load_audio
+
     failures = 0
-    for file in args.files:
+    decoded: dict[int, object] = {}
+    errors: dict[int, str] = {}
+    for index, file in enumerate(args.files):
         try:
-            result = llm.transcribe([file], params)[0]
-        except (AudioDecodeError, ValueError) as exc:
+            decoded[index] = load_audio(file)
+        except AudioDecodeError as exc:
+            errors[index] = str(exc)
+    # All decodable files go to the engine together so their windows share batches.
+    order = sorted(decoded)
+    results = dict(zip(order, llm.transcribe([decoded[i] for i in order], params))) if order else {}
+    for index, file in enumerate(args.files):
+        if index in errors:
             failures += 1
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {errors[index]}", file=sys.stderr)
             if fmt == "jsonl" and args.output_dir is None:
-                print(json.dumps({"file": file, "error": str(exc)}), flush=True)
+                print(json.dumps({"file": file, "error": errors[index]}), flush=True)
             continue
+        result = results[index]
         if fmt == "jsonl":
             body = json.dumps({
                 "file": file, "text": result.text, "language": result.language, "duration": result.duration,

@@ -8,19 +8,23 @@ import numpy as np
 import torch
 
 from vllm_whisper.audio.decode import AudioSource, load_audio
+from vllm_whisper.config import EngineConfig
+from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.model_executor.loader import LoadedModel, load_model
 from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.transcribe.batch import transcribe_batch
 from vllm_whisper.transcribe.result import TranscriptionResult
-from vllm_whisper.transcribe.sequential import transcribe_sequential
 
 DEFAULT_MODEL = "tiny.en"
 
 
 class LLM:
-    """Load a Whisper model once and transcribe or translate many inputs with it."""
+    """Load a Whisper model once and transcribe or translate many inputs with it on the batched engine."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cpu"):
+    def __init__(self, model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cpu",
+                 engine_config: EngineConfig | None = None):
         self.loaded: LoadedModel = load_model(model, dtype=dtype, device=device)
+        self.engine = LLMEngine(self.loaded, engine_config)
 
     @property
     def tokenizer(self):
@@ -32,11 +36,13 @@ class LLM:
         params: TranscriptionParams | None = None,
         **options,
     ) -> list[TranscriptionResult]:
-        """Transcribe each item; `options` (language=, task=, timestamps=, ...) build TranscriptionParams."""
+        """Transcribe all items together (their windows share engine steps); `options` (language=, task=,
+        timestamps=, ...) build TranscriptionParams."""
         if params is not None and options:
             raise ValueError("pass either params or keyword options, not both")
         params = params or TranscriptionParams(**options)
-        return [transcribe_sequential(self.loaded, load_audio(item), params) for item in _as_list(items)]
+        audios = [load_audio(item) for item in _as_list(items)]
+        return transcribe_batch(self.engine, audios, params)
 
     def translate(self, items: AudioSource | Sequence[AudioSource], **options) -> list[TranscriptionResult]:
         """Translate speech in any supported language to English text."""

@@ -1,26 +1,54 @@
-"""Sequential long-form transcription: decode a 30 s window, move the seek to its last timestamp, repeat.
+"""Sequential long-form transcription as a state machine: decode a 30 s window, move the seek to its last
+timestamp, repeat.
 
-The window decoder is passed in, so the same loop runs on the reference greedy decoder today and on the batched
-engine once it lands. Features are computed once for the whole file (audio padded with 30 s of silence, as the
-reference does) and sliced per window, so a file's first window equals the single-window features exactly.
+The machine only says which window to decode next (a WindowJob) and consumes the result, so the same loop runs
+on the reference greedy decoder (one job at a time) and on the batched engine (jobs of many files at once).
+Features are computed once per file (audio padded with 30 s of silence, as the reference does) and sliced per
+window, so a file's first window equals the single-window features exactly. Language detection is a one-token
+job on the first window, whose encoder output the transcription job then reuses.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from vllm_whisper.audio.decode import SAMPLE_RATE
 from vllm_whisper.audio.features import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
-from vllm_whisper.decoding.greedy import EncodedWindow, WindowDecodeResult, detect_language, encode_window, greedy_decode
+from vllm_whisper.decoding.greedy import encode_window, greedy_decode
 from vllm_whisper.decoding.logits_rules import LogitsRules
+from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.model_executor.loader import LoadedModel
 from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult, compression_ratio
 from vllm_whisper.transcribe.segments import split_window
 
-WindowDecoder = Callable[[EncodedWindow, list[int], LogitsRules, int], WindowDecodeResult]
+
+@dataclass
+class WindowJob:
+    """One decode of one window, to run on the engine or the reference decoder."""
+
+    job_id: str
+    window_key: str  # jobs of the same window share one encoder run
+    features: torch.Tensor  # (n_mels, 3000)
+    prompt: list[int]
+    params: SamplingParams
+    kind: str  # "language" or "transcribe"
+    audio_seconds: float
+
+
+@dataclass
+class JobResult:
+    tokens: list[int]
+    sum_logprob: float
+    no_speech_prob: float
+
+    @property
+    def avg_logprob(self) -> float:
+        return self.sum_logprob / (len(self.tokens) + 1)
 
 
 def build_rules(loaded: LoadedModel, params: TranscriptionParams) -> LogitsRules:
@@ -38,53 +66,105 @@ def build_rules(loaded: LoadedModel, params: TranscriptionParams) -> LogitsRules
     )
 
 
-def reference_window_decoder(loaded: LoadedModel) -> WindowDecoder:
-    """Decode windows one at a time with the greedy oracle."""
+def language_rules(loaded: LoadedModel) -> LogitsRules:
+    """Rules that leave only the language tokens: one greedy step after <|startoftranscript|> picks the language
+    and its log-probability is the language's probability among all languages."""
+    tok = loaded.tokenizer
+    languages = set(tok.language_to_id.values())
+    others = tuple(i for i in range(loaded.config.vocab_size) if i not in languages)
+    return LogitsRules(tok.eot, tok.no_timestamps, tok.timestamp_begin, others, (), timestamps=False,
+                       suppress_blank=False)
 
-    def decode(window: EncodedWindow, prompt: list[int], rules: LogitsRules, max_new_tokens: int):
-        return greedy_decode(loaded.model, window, prompt, rules, max_new_tokens, prompt.index(loaded.tokenizer.sot))
 
-    return decode
+class LongFormTranscription:
+    """The seek loop of one audio file."""
 
+    def __init__(self, loaded: LoadedModel, audio: np.ndarray, params: TranscriptionParams, name: str):
+        tok = loaded.tokenizer
+        if params.task == "translate" and not tok.is_multilingual:
+            raise ValueError(f"The English-only model {loaded.name!r} cannot translate; use a multilingual model.")
+        self.loaded, self.params, self.name = loaded, params, name
+        self.mel = log_mel_spectrogram(audio, loaded.config.num_mel_bins, padding=N_SAMPLES)
+        self.content_frames = len(audio) // HOP_LENGTH
+        self.duration = len(audio) / SAMPLE_RATE
+        self.rules = build_rules(loaded, params)
+        self.language = params.language if tok.is_multilingual else "en"
+        self.language_probability: float | None = None
+        self.segments: list[Segment] = []
+        self.seek = 0
+        self._jobs_issued = 0
+        self._in_flight: WindowJob | None = None
 
-def transcribe_sequential(
-    loaded: LoadedModel,
-    audio: np.ndarray,
-    params: TranscriptionParams,
-    decode_window: WindowDecoder | None = None,
-) -> TranscriptionResult:
-    """Transcribe 16 kHz mono audio of any length window by window."""
-    decode_window = decode_window or reference_window_decoder(loaded)
-    tok, model = loaded.tokenizer, loaded.model
-    if params.task == "translate" and not tok.is_multilingual:
-        raise ValueError(f"The English-only model {loaded.name!r} cannot translate; use a multilingual model.")
-    mel = log_mel_spectrogram(audio, loaded.config.num_mel_bins, padding=N_SAMPLES)
-    content_frames = len(audio) // HOP_LENGTH
-    duration = len(audio) / SAMPLE_RATE
-    rules = build_rules(loaded, params)
-    language, language_probability = params.language, None
-    segments: list[Segment] = []
-    seek = 0
-    while seek < content_frames:
-        window_frames = min(N_FRAMES, content_frames - seek)
-        window = encode_window(model, mel[:, seek:seek + N_FRAMES].contiguous())
-        if language is None:
-            language, probs = detect_language(model, window)
-            language_probability = probs[language]
-        prompt = model.get_decoder_prompt(language, params.task, params.timestamps)
-        result = decode_window(window, prompt, rules, params.max_new_tokens)
-        spans, consumed = split_window(result.tokens, tok, seek, window_frames)
+    @property
+    def done(self) -> bool:
+        return self._in_flight is None and self.seek >= self.content_frames
+
+    def next_job(self) -> WindowJob | None:
+        """The next window decode, or None when the file is finished (or a job is already out)."""
+        if self._in_flight is not None or self.seek >= self.content_frames:
+            return None
+        model = self.loaded.model
+        window_frames = min(N_FRAMES, self.content_frames - self.seek)
+        features = self.mel[:, self.seek:self.seek + N_FRAMES].contiguous()
+        key = f"{self.name}@{self.seek}"
+        if self.language is None:
+            params = SamplingParams(language_rules(self.loaded), max_new_tokens=1)
+            job = WindowJob(self._job_id("lang"), key, features, [self.loaded.tokenizer.sot], params, "language",
+                            window_frames / 100)
+        else:
+            prompt = model.get_decoder_prompt(self.language, self.params.task, self.params.timestamps)
+            params = SamplingParams(self.rules, max_new_tokens=self.params.max_new_tokens,
+                                    no_speech_index=prompt.index(self.loaded.tokenizer.sot))
+            job = WindowJob(self._job_id("win"), key, features, prompt, params, "transcribe", window_frames / 100)
+        self._in_flight = job
+        return job
+
+    def on_result(self, job: WindowJob, result: JobResult) -> None:
+        if job is not self._in_flight:
+            raise RuntimeError(f"unexpected result for job {job.job_id}")
+        self._in_flight = None
+        tok = self.loaded.tokenizer
+        if job.kind == "language":
+            self.language = tok.id_to_language[result.tokens[0]]
+            self.language_probability = math.exp(result.sum_logprob)
+            return
+        window_frames = min(N_FRAMES, self.content_frames - self.seek)
+        spans, consumed = split_window(result.tokens, tok, self.seek, window_frames)
         window_ratio = compression_ratio(tok.decode(result.tokens))
         for span in spans:
             text = tok.decode(span.tokens)
-            if not text.strip() or (params.timestamps and span.end <= span.start):
+            if not text.strip() or (self.params.timestamps and span.end <= span.start):
                 continue
-            segments.append(Segment(
-                id=len(segments), seek=seek, start=round(span.start, 3), end=round(min(span.end, duration), 3),
-                text=text, tokens=span.tokens, temperature=0.0, avg_logprob=result.avg_logprob,
-                compression_ratio=window_ratio, no_speech_prob=result.no_speech_prob,
+            self.segments.append(Segment(
+                id=len(self.segments), seek=self.seek, start=round(span.start, 3),
+                end=round(min(span.end, self.duration), 3), text=text, tokens=span.tokens, temperature=0.0,
+                avg_logprob=result.avg_logprob, compression_ratio=window_ratio, no_speech_prob=result.no_speech_prob,
             ))
-        seek += consumed
-    text = "".join(s.text for s in segments).strip()
-    return TranscriptionResult(text, language or "en", round(duration, 3), segments, language_probability)
+        self.seek += consumed
 
+    def result(self) -> TranscriptionResult:
+        if not self.done:
+            raise RuntimeError(f"{self.name} is not finished")
+        text = "".join(s.text for s in self.segments).strip()
+        return TranscriptionResult(text, self.language or "en", round(self.duration, 3), self.segments,
+                                   self.language_probability)
+
+    def _job_id(self, kind: str) -> str:
+        self._jobs_issued += 1
+        return f"{self.name}:{kind}{self._jobs_issued}"
+
+
+def run_job_with_reference(loaded: LoadedModel, job: WindowJob) -> JobResult:
+    """Decode one job with the unbatched greedy oracle."""
+    window = encode_window(loaded.model, job.features)
+    out = greedy_decode(loaded.model, window, job.prompt, job.params.rules, job.params.max_new_tokens,
+                        job.params.no_speech_index)
+    return JobResult(out.tokens, out.sum_logprob, out.no_speech_prob)
+
+
+def transcribe_sequential(loaded: LoadedModel, audio: np.ndarray, params: TranscriptionParams) -> TranscriptionResult:
+    """Transcribe one file window by window with the reference decoder (the oracle for the engine path)."""
+    machine = LongFormTranscription(loaded, audio, params, "audio")
+    while (job := machine.next_job()) is not None:
+        machine.on_result(job, run_job_with_reference(loaded, job))
+    return machine.result()

@@ -1,0 +1,51 @@
+"""Many files on the engine at once give exactly what the sequential reference loop gives, with one encoder
+run per window (language detection shares the first window's encoder run)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vllm_whisper.audio import load_audio
+from vllm_whisper.config import EngineConfig
+from vllm_whisper.engine.llm_engine import LLMEngine
+from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.testing.speech import synthesize
+from vllm_whisper.transcribe.batch import transcribe_batch
+from vllm_whisper.transcribe.sequential import transcribe_sequential
+
+
+def long_audio(clips, gap_seconds: float) -> np.ndarray:
+    silence = np.zeros(int(gap_seconds * 16000), dtype=np.float32)
+    return np.concatenate([part for c in clips for part in (load_audio(c.path), silence)])
+
+
+def test_engine_batch_equals_sequential_reference(tiny_en, english_clips):
+    audios = [load_audio(c.path) for c in english_clips[:6]]
+    audios.append(long_audio(english_clips[6:10], 9.0))  # ~45 s: two windows
+    audios.append(long_audio(english_clips[10:18], 4.0))  # ~52 s
+    params = TranscriptionParams()
+    engine = LLMEngine(tiny_en, EngineConfig(kv_cache_space_gib=1.0))
+    batched = transcribe_batch(engine, audios, params)
+    for audio, got in zip(audios, batched):
+        expected = transcribe_sequential(tiny_en, audio, params)
+        assert got.text == expected.text
+        assert [(s.start, s.end, s.tokens) for s in got.segments] == [
+            (s.start, s.end, s.tokens) for s in expected.segments]
+    windows = len({s.seek for r in batched for s in r.segments})
+    assert engine.stats.encoder_runs >= windows
+    assert engine.stats.encoder_runs == engine.stats.cross_kv_projections
+    assert engine.stats.num_free_cross_slots == engine.stats.num_cross_slots
+    assert not engine.windows.windows  # every retained window was released
+
+
+def test_language_detection_reuses_the_window(base_model, speech_dir):
+    spanish = synthesize("El perro come carne en la casa. Mi hermana tiene un gato negro.",
+                         speech_dir / "es_batch.wav", "espeak-ng", "es", words_per_minute=140)
+    english = synthesize("The birch canoe slid on the smooth planks.", speech_dir / "en_batch.wav")
+    engine = LLMEngine(base_model, EngineConfig(kv_cache_space_gib=1.0))
+    results = transcribe_batch(engine, [load_audio(spanish.path), load_audio(english.path)], TranscriptionParams())
+    assert [r.language for r in results] == ["es", "en"]
+    assert engine.stats.encoder_runs == 2  # detection + transcription of each single window: one encoder run
+    reference = transcribe_sequential(base_model, load_audio(spanish.path), TranscriptionParams())
+    assert results[0].text == reference.text and reference.language == "es"
+    assert abs(results[0].language_probability - reference.language_probability) < 1e-4
