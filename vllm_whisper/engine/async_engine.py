@@ -1,0 +1,149 @@
+"""The engine for asyncio callers (the server): a background thread runs the step loop, each request gets
+its own async stream of outputs, and a stream that is closed early (client gone, task cancelled) aborts its
+request so its blocks and slot return to the pools at once.
+
+The engine itself is touched only by its thread; callers send commands through a queue, so adds and aborts
+land between steps and never race with one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+from torch import Tensor
+
+from vllm_whisper.engine.llm_engine import EngineStats, LLMEngine
+from vllm_whisper.engine.request import RequestOutput
+from vllm_whisper.engine.sampler import SamplingParams
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread stopped after an internal error; no further requests can run."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._streams: dict[str, _Stream] = {}
+        self._wake = threading.Event()
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._stats = engine.stats
+        self._thread = threading.Thread(target=self._run, name="vllm-whisper-engine", daemon=True)
+        self._thread.start()
+
+    # --- public API -------------------------------------------------------------------------------
+    async def generate(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
+                       audio_seconds: float = 30.0, window_key: str | None = None,
+                       retain_window: bool = False) -> AsyncIterator[RequestOutput]:
+        """Yield this request's outputs as steps produce them; the last one has finished=True."""
+        if self._error is not None:
+            raise EngineDeadError(f"the engine stopped: {self._error}")
+        stream = _Stream(asyncio.get_running_loop())
+        self._streams[request_id] = stream
+
+        def add() -> None:
+            try:
+                self.engine.add_request(request_id, features, prompt, params, audio_seconds, window_key,
+                                        retain_window)
+            except Exception as exc:  # validation errors belong to this caller only
+                self._streams.pop(request_id, None)
+                stream.put(exc)
+
+        self._send(add)
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request; safe to call for finished or unknown ids."""
+        def abort() -> None:
+            self._streams.pop(request_id, None)
+            self.engine.abort_request(request_id)
+
+        self._send(abort)
+
+    def release_window(self, window_key: str) -> None:
+        self._send(lambda: self.engine.release_window(window_key))
+
+    @property
+    def stats(self) -> EngineStats:
+        """The engine's counters as of its last step (read without stopping the loop)."""
+        return self._stats
+
+    async def wait_idle(self) -> EngineStats:
+        """Wait until all commands sent so far have been applied; return fresh stats."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._send(lambda: loop.call_soon_threadsafe(done.set_result, self.engine.stats))
+        return await done
+
+    def shutdown(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and self._error is None
+
+    # --- engine thread ------------------------------------------------------------------------------
+    def _send(self, command: Callable[[], None]) -> None:
+        if self._error is not None:
+            raise EngineDeadError(f"the engine stopped: {self._error}")
+        self._commands.put(command)
+        self._wake.set()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped:
+                self._drain_commands()
+                if not self.engine.has_unfinished_requests():
+                    self._stats = self.engine.stats
+                    self._wake.wait(timeout=0.5)
+                    self._wake.clear()
+                    continue
+                for output in self.engine.step():
+                    stream = self._streams.get(output.request_id)
+                    if stream is not None:
+                        stream.put(output)
+                        if output.finished:
+                            self._streams.pop(output.request_id, None)
+                self._stats = self.engine.stats
+        except BaseException as exc:  # an engine bug: fail every caller instead of hanging them
+            self._error = exc
+            for stream in list(self._streams.values()):
+                stream.put(EngineDeadError(f"the engine stopped: {exc}"))
+            self._streams.clear()
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            command()
