@@ -11,25 +11,12 @@ tiny.en CTranslate2 weights written out as a Hugging Face directory, so the two 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+from common import report
 
 
 def run_ours(model: str, paths: list[Path], audio_seconds: float) -> dict:
@@ -88,7 +75,7 @@ def main() -> None:
     from vllm_whisper.audio import load_audio
     from vllm_whisper.model_executor.export import export_hf
     from vllm_whisper.model_executor.loader import load_model
-    from vllm_whisper.testing.speech import english_corpus, word_error_rate
+    from vllm_whisper.testing.speech import english_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         clips = english_corpus(Path(tmp) / "clips", args.clips)
@@ -100,21 +87,8 @@ def main() -> None:
             rows.append(run_transformers(hf_dir, paths, audio_seconds, batch_size=1))
             rows.append(run_transformers(hf_dir, paths, audio_seconds, batch_size=len(paths)))
         references = [c.text for c in clips]
-        for row in rows:
-            row["wer"] = word_error_rate(references, row.pop("texts"))
-
-    machine = machine_description()
-    print(f"\nOffline transcription, {args.model}, {len(paths)} clips, {audio_seconds:.1f} s of audio")
-    print(f"Machine: {machine}")
-    print(f"{'system':<30} {'wall s':>8} {'RTFx':>8} {'tokens/s':>9} {'WER':>7}")
-    for row in rows:
-        print(f"{row['system']:<30} {row['wall_s']:>8.2f} {row['rtfx']:>8.1f} {row['tokens_per_s']:>9.1f} "
-              f"{row['wer']:>7.4f}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "benchmark": "offline", "model": args.model, "clips": len(paths), "audio_seconds": audio_seconds,
-            "machine": machine, "date": time.strftime("%Y-%m-%d"), "results": rows,
-        }, indent=2))
+    report(f"Offline transcription, {args.model}, {len(paths)} clips, {audio_seconds:.1f} s of audio", rows,
+           references, args.json, benchmark="offline", model=args.model, clips=len(paths), audio_seconds=audio_seconds)
 
 
 if __name__ == "__main__":

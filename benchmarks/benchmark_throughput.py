@@ -10,14 +10,12 @@ with timestamps, English, no VAD, no conditioning on previous text, so they do t
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-from benchmark_offline import machine_description  # noqa: E402  (same folder)
+from common import report
 
 
 def run_engine(model: str, dtype: str, paths: list[Path], audio_seconds: float, together: bool) -> dict:
@@ -72,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from vllm_whisper.audio import load_audio
-    from vllm_whisper.testing.speech import english_corpus, word_error_rate
+    from vllm_whisper.testing.speech import english_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         clips = english_corpus(Path(tmp) / "clips", args.clips)
@@ -90,23 +88,11 @@ def main() -> None:
                     break
                 rows.append(row)
         references = [c.text for c in clips]
-        for row in rows:
-            row["wer"] = word_error_rate(references, row.pop("texts"))
-
-    machine = machine_description()
-    print(f"\nThroughput, {args.model}, {len(paths)} clips, {audio_seconds:.1f} s of audio")
-    print(f"Machine: {machine}")
-    print(f"{'system':<44} {'wall s':>8} {'RTFx':>8} {'tokens/s':>9} {'WER':>7}")
-    for row in rows:
-        print(f"{row['system']:<44} {row['wall_s']:>8.2f} {row['rtfx']:>8.1f} {row['tokens_per_s']:>9.1f} "
-              f"{row['wer']:>7.4f}")
+    report(f"Throughput, {args.model}, {len(paths)} clips, {audio_seconds:.1f} s of audio", rows, references,
+           args.json, benchmark="throughput", model=args.model, dtype=args.dtype, clips=len(paths),
+           audio_seconds=audio_seconds)
     together, alone = rows[0], rows[1]
     print(f"all at once vs one at a time: {together['rtfx'] / alone['rtfx']:.2f}x")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "benchmark": "throughput", "model": args.model, "dtype": args.dtype, "clips": len(paths),
-            "audio_seconds": audio_seconds, "machine": machine, "date": time.strftime("%Y-%m-%d"), "results": rows,
-        }, indent=2))
 
 
 if __name__ == "__main__":

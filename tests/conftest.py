@@ -62,3 +62,15 @@ def hf_oracle(hf_tiny_dir):
     from transformers import WhisperForConditionalGeneration
 
     return WhisperForConditionalGeneration.from_pretrained(hf_tiny_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def small_random(tiny_en) -> LoadedModel:
+    """A 2-layer random-weight Whisper with tiny.en's vocabulary: fast enough for thousands of engine requests."""
+    from vllm_whisper.model_executor.whisper_config import WhisperConfig
+    from vllm_whisper.testing.random_model import random_model
+
+    config = WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=1, encoder_attention_heads=2,
+                           decoder_layers=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                           vocab_size=tiny_en.config.vocab_size)
+    return random_model(config, tiny_en.tokenizer, seed=3)

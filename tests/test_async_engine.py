@@ -12,18 +12,8 @@ from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.sampler import SamplingParams
-from vllm_whisper.model_executor.whisper_config import WhisperConfig
 from vllm_whisper.params import TranscriptionParams
-from vllm_whisper.testing.random_model import random_model
 from vllm_whisper.transcribe.sequential import build_rules
-
-
-@pytest.fixture(scope="module")
-def small_random(tiny_en):
-    config = WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=1, encoder_attention_heads=2,
-                           decoder_layers=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                           vocab_size=tiny_en.config.vocab_size)
-    return random_model(config, tiny_en.tokenizer, seed=5)
 
 
 def make_requests(loaded, count: int):

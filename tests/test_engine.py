@@ -13,9 +13,7 @@ from vllm_whisper.config import EngineConfig
 from vllm_whisper.decoding.greedy import encode_window, greedy_decode
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.sampler import SamplingParams
-from vllm_whisper.model_executor.whisper_config import WhisperConfig
 from vllm_whisper.params import TranscriptionParams
-from vllm_whisper.testing.random_model import random_model
 from vllm_whisper.transcribe.sequential import build_rules
 
 
@@ -69,14 +67,6 @@ def test_thirty_windows_batched_equal_each_alone(tiny_en, thirty_windows):
     assert stats.encoder_runs == 30 and stats.cross_kv_projections == 30
     assert stats.num_free_kv_blocks == stats.num_kv_blocks and stats.num_free_cross_slots == stats.num_cross_slots
     assert stats.generated_tokens == sum(len(r.tokens) for r in expected.values())
-
-
-@pytest.fixture(scope="module")
-def small_random(tiny_en):
-    config = WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=1, encoder_attention_heads=2,
-                           decoder_layers=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                           vocab_size=tiny_en.config.vocab_size)
-    return random_model(config, tiny_en.tokenizer, seed=3)
 
 
 def random_params(loaded, rng: random.Random) -> tuple[list[int], SamplingParams]:
