@@ -63,6 +63,8 @@ def test_output_dir_writes_one_file_per_input(english_clips, tmp_path):
         (["--model", "no-such-model"], "not a local directory"),
         (["--task", "translate"], "cannot translate"),
         (["--language", "klingon"], "Unsupported language"),
+        (["--kv-cache-space", "0.001"], "cannot hold one sequence"),
+        (["--max-num-seqs", "0"], "max_num_seqs must be at least 1"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(fox_clip, args, message):

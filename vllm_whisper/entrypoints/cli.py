@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
+    tr.add_argument("--max-num-seqs", type=int, default=64, help="most windows decoding at once")
+    tr.add_argument("--kv-cache-space", type=float, default=4.0,
+                    help="GiB of CPU memory for the KV cache (self-attention blocks + cross-attention slots)")
+    tr.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                    help="fraction of GPU memory to use in total (CUDA only)")
     return parser
 
 
@@ -35,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    from vllm_whisper.config import EngineConfig
     from vllm_whisper.entrypoints.llm import LLM
     from vllm_whisper.outputs.subtitles import to_srt, to_vtt
     from vllm_whisper.params import TranscriptionParams
@@ -45,7 +51,9 @@ def _transcribe(args: argparse.Namespace) -> int:
         return 2
     try:
         params = TranscriptionParams(task=args.task, language=args.language, timestamps=not args.no_timestamps)
-        llm = LLM(model=args.model, dtype=args.dtype, device=args.device)
+        engine_config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
+                                     gpu_memory_utilization=args.gpu_memory_utilization)
+        llm = LLM(model=args.model, dtype=args.dtype, device=args.device, engine_config=engine_config)
         if params.task == "translate" and not llm.tokenizer.is_multilingual:
             raise ValueError(f"The English-only model {args.model!r} cannot translate; use a multilingual model.")
     except (ValueError, ModelLoadError) as exc:
