@@ -29,18 +29,20 @@ class PagedAttentionMetadata:
     @classmethod
     def build(cls, block_tables: list[list[int]], past_lens: list[int], new_lens: list[int],
               cross_slots: list[int], block_size: int, device: torch.device) -> "PagedAttentionMetadata":
-        batch, t_max = len(block_tables), max(new_lens)
-        context = [p + n for p, n in zip(past_lens, new_lens)]
-        l_max = max(context)
-        slot_mapping = torch.full((batch, t_max), -1, dtype=torch.long)
-        key_slots = torch.zeros((batch, l_max), dtype=torch.long)
-        for b, table in enumerate(block_tables):
-            positions = torch.arange(context[b])
-            blocks = torch.tensor(table, dtype=torch.long)[positions // block_size]
-            slots = blocks * block_size + positions % block_size
-            key_slots[b, : context[b]] = slots
-            slot_mapping[b, : new_lens[b]] = slots[past_lens[b]:]
+        """Vectorised: one padded block-table tensor, then slots = block * block_size + offset for every key."""
+        t_max = max(new_lens)
+        max_blocks = max(len(t) for t in block_tables)
+        tables = torch.tensor([t + [0] * (max_blocks - len(t)) for t in block_tables], dtype=torch.long)
+        past = torch.tensor(past_lens, dtype=torch.long)
+        context = past + torch.tensor(new_lens, dtype=torch.long)
+        positions = torch.arange(int(context.max()))
+        key_slots = tables[:, positions // block_size] * block_size + positions % block_size  # (B, L)
+        key_slots = key_slots.masked_fill(positions[None, :] >= context[:, None], 0)
+        new_positions = past[:, None] + torch.arange(t_max)[None, :]  # (B, T)
+        is_new = new_positions < context[:, None]
+        slot_mapping = key_slots.gather(1, new_positions.clamp(max=key_slots.shape[1] - 1))
+        slot_mapping = slot_mapping.masked_fill(~is_new, -1)
         return cls(
-            slot_mapping.to(device), key_slots.to(device), torch.tensor(context, device=device),
-            torch.tensor(past_lens, device=device), torch.tensor(cross_slots, device=device), list(cross_slots),
+            slot_mapping.to(device), key_slots.to(device), context.to(device), past.to(device),
+            torch.tensor(cross_slots, device=device), list(cross_slots),
         )

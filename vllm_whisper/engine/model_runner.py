@@ -54,13 +54,11 @@ class ModelRunner:
         device = self.model.device
         feeds = [r.pending_tokens for r in requests]
         t_max = max(len(f) for f in feeds)
-        tokens = torch.zeros((len(requests), t_max), dtype=torch.long)
-        positions = torch.zeros((len(requests), t_max), dtype=torch.long)
-        for b, (request, feed) in enumerate(zip(requests, feeds)):
-            tokens[b, : len(feed)] = torch.tensor(feed)
-            span = torch.arange(request.num_computed, request.num_computed + len(feed))
-            positions[b, : len(feed)] = span
-            positions[b, len(feed):] = span[-1]
+        tokens = torch.tensor([f + [0] * (t_max - len(f)) for f in feeds])
+        starts = torch.tensor([r.num_computed for r in requests])[:, None]
+        lengths = torch.tensor([len(f) for f in feeds])[:, None]
+        # Padding positions repeat each row's last real position (their outputs are ignored, nothing is cached).
+        positions = starts + torch.minimum(torch.arange(t_max)[None, :], lengths - 1)
         metadata = PagedAttentionMetadata.build(
             [r.block_table for r in requests], [r.num_computed for r in requests], [len(f) for f in feeds],
             [r.cross_slot for r in requests], self.cache.block_size, device,
