@@ -17,7 +17,8 @@ from torch import Tensor
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, allocate_tensors, plan_pools
 from vllm_whisper.engine.model_runner import ModelRunner
-from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus
+from vllm_whisper.engine.beam_search import beam_update, finalize
+from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus, Sequence
 from vllm_whisper.engine.sampler import SamplingParams, apply_rules, sample
 from vllm_whisper.engine.scheduler import Scheduler, blocks_for
 from vllm_whisper.engine.windows import WindowRegistry
@@ -113,7 +114,8 @@ class LLMEngine:
         if not prompt or room <= 0:
             raise ValueError(f"the prompt must hold 1 to {self.loaded.config.max_target_positions - 1} tokens")
         max_tokens = min(params.max_new_tokens, room)
-        if blocks_for(len(prompt) + max_tokens, self.config.block_size) > self.block_pool.num_blocks:
+        blocks_per_seq = blocks_for(len(prompt) + max_tokens, self.config.block_size)
+        if blocks_per_seq * params.beam_size > self.block_pool.num_blocks:
             raise ValueError("the KV cache is too small for one full-length request; raise the cache budget")
         generator = None
         if params.temperature > 0:
@@ -155,42 +157,80 @@ class LLMEngine:
         self.steps += 1
         if plan.encode:
             self.runner.encode(plan.encode)
+        self.runner.copy_blocks(plan.block_copies)
         outputs: list[RequestOutput] = []
         for group in (plan.prefill, plan.decode):
             if group:
                 outputs += self._run_group(group)
         return outputs
 
-    def _run_group(self, group: list[Request]) -> list[RequestOutput]:
-        step = self.runner.run(group)
-        ruled = apply_rules(step.logits, [r.params.rules for r in group], [r.output for r in group])
-        sampled = sample(ruled, [r.params for r in group], [r.generator for r in group])
+    def _run_group(self, seqs: list[Sequence]) -> list[RequestOutput]:
+        step = self.runner.run(seqs)
+        ruled = apply_rules(step.logits, [s.request.params.rules for s in seqs], [s.output for s in seqs])
         now = time.monotonic()
-        outputs = []
-        for request, token, logprob, no_speech in zip(group, sampled.tokens, sampled.logprobs, step.no_speech_probs):
+        beam_rows: dict[str, list[int]] = {}
+        plain_rows: list[int] = []
+        for row, (seq, no_speech) in enumerate(zip(seqs, step.no_speech_probs)):
+            request = seq.request
             if no_speech is not None and math.isnan(request.no_speech_prob):
                 request.no_speech_prob = no_speech
             if request.first_token_time is None:
                 request.first_token_time = now
-            request.sum_logprob += logprob
-            new_tokens: list[int] = []
-            status = None
-            if token == request.params.rules.eot:
-                status = RequestStatus.FINISHED_STOPPED
+            if request.is_beam_search:
+                beam_rows.setdefault(request.request_id, []).append(row)
             else:
-                request.output.append(token)
-                new_tokens.append(token)
-                self.generated_tokens += 1
-                if len(request.output) >= request.max_tokens:
-                    status = RequestStatus.FINISHED_LENGTH
-            if status is not None:
-                self._finish(request, status)
-                self.audio_seconds_processed += request.audio_seconds
-            outputs.append(RequestOutput(
-                request.request_id, list(request.output), new_tokens, status is not None,
-                status.value if status is not None else None, request.sum_logprob, request.no_speech_prob,
-            ))
+                plain_rows.append(row)
+        outputs: list[RequestOutput] = []
+        if plain_rows:
+            plain = [seqs[i] for i in plain_rows]
+            sampled = sample(ruled[plain_rows], [s.request.params for s in plain], [s.request.generator for s in plain])
+            for seq, token, logprob in zip(plain, sampled.tokens, sampled.logprobs):
+                outputs.append(self._advance(seq, token, logprob))
+        for rows in beam_rows.values():
+            request = seqs[rows[0]].request
+            outputs += self._beam_step(request, torch.log_softmax(ruled[rows].float(), dim=-1))
         return outputs
+
+    def _advance(self, seq: Sequence, token: int, logprob: float) -> RequestOutput:
+        """Append a sampled token to a single-sequence request, finishing it on end-of-text or the limit."""
+        request = seq.request
+        seq.sum_logprob += logprob
+        new_tokens: list[int] = []
+        status = None
+        if token == request.params.rules.eot:
+            status = RequestStatus.FINISHED_STOPPED
+        else:
+            seq.output.append(token)
+            new_tokens.append(token)
+            self.generated_tokens += 1
+            if len(seq.output) >= request.max_tokens:
+                status = RequestStatus.FINISHED_LENGTH
+        if status is not None:
+            self._finish(request, status)
+            self.audio_seconds_processed += request.audio_seconds
+        return RequestOutput(request.request_id, list(seq.output), new_tokens, status is not None,
+                             status.value if status is not None else None, seq.sum_logprob, request.no_speech_prob)
+
+    def _beam_step(self, request: Request, logprobs: Tensor) -> list[RequestOutput]:
+        """Rank the beams' candidates, fork the survivors (sharing blocks), and finish when the search is done."""
+        choices, full = beam_update(request, logprobs)
+        new_seqs = []
+        for choice in choices:
+            source = request.seqs[choice.source]
+            shared = [self.block_pool.share(block) for block in source.block_table]
+            new_seqs.append(Sequence(request, source.output + [choice.token], choice.score, shared,
+                                     source.num_computed))
+        for old in request.seqs:
+            self.scheduler.free_blocks(old)
+        request.seqs = new_seqs
+        self.generated_tokens += len(new_seqs)
+        if not full and request.beam_steps < request.max_tokens:
+            return []
+        tokens, score = finalize(request)
+        status = RequestStatus.FINISHED_STOPPED if full else RequestStatus.FINISHED_LENGTH
+        self._finish(request, status)
+        self.audio_seconds_processed += request.audio_seconds
+        return [RequestOutput(request.request_id, tokens, tokens, True, status.value, score, request.no_speech_prob)]
 
     # --- observability ----------------------------------------------------------------------------
     @property

@@ -11,7 +11,7 @@ from torch import Tensor
 from vllm_whisper.attention.metadata import PagedAttentionMetadata
 from vllm_whisper.attention.torch_paged import TorchPagedAttention
 from vllm_whisper.engine.kv_cache import KVCacheTensors
-from vllm_whisper.engine.request import Request
+from vllm_whisper.engine.request import Request, Sequence
 from vllm_whisper.model_executor.whisper import WhisperModel
 
 
@@ -49,32 +49,42 @@ class ModelRunner:
         self.counters.cross_kv_projections += len(requests)
 
     @torch.inference_mode()
-    def run(self, requests: list[Request]) -> StepLogits:
-        """Feed every request's pending tokens through the decoder; return logits at each last position."""
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy-on-write: give sequences private copies of blocks they shared with another beam."""
+        if not copies:
+            return
+        source = torch.tensor([s for s, _ in copies], device=self.model.device)
+        target = torch.tensor([d for _, d in copies], device=self.model.device)
+        for cache in (*self.cache.self_k, *self.cache.self_v):
+            cache[target] = cache[source]
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence]) -> StepLogits:
+        """Feed every sequence's pending tokens through the decoder; return logits at each last position."""
         device = self.model.device
-        feeds = [r.pending_tokens for r in requests]
+        feeds = [r.pending_tokens for r in seqs]
         t_max = max(len(f) for f in feeds)
         tokens = torch.tensor([f + [0] * (t_max - len(f)) for f in feeds])
-        starts = torch.tensor([r.num_computed for r in requests])[:, None]
+        starts = torch.tensor([r.num_computed for r in seqs])[:, None]
         lengths = torch.tensor([len(f) for f in feeds])[:, None]
         # Padding positions repeat each row's last real position (their outputs are ignored, nothing is cached).
         positions = starts + torch.minimum(torch.arange(t_max)[None, :], lengths - 1)
         metadata = PagedAttentionMetadata.build(
-            [r.block_table for r in requests], [r.num_computed for r in requests], [len(f) for f in feeds],
-            [r.cross_slot for r in requests], self.cache.block_size, device,
+            [r.block_table for r in seqs], [r.num_computed for r in seqs], [len(f) for f in feeds],
+            [r.request.cross_slot for r in seqs], self.cache.block_size, device,
         )
         hidden = self.model.decode(tokens.to(device), positions.to(device), TorchPagedAttention(self.cache, metadata))
         last = torch.tensor([len(f) - 1 for f in feeds], device=device)
-        logits = self.model.compute_logits(hidden[torch.arange(len(requests), device=device), last])
+        logits = self.model.compute_logits(hidden[torch.arange(len(seqs), device=device), last])
         no_speech: list[float | None] = []
-        for b, request in enumerate(requests):
-            index = request.params.no_speech_index
-            if index is not None and request.num_computed <= index < request.num_computed + len(feeds[b]):
-                row = self.model.compute_logits(hidden[b, index - request.num_computed])
+        for b, seq in enumerate(seqs):
+            index = seq.request.params.no_speech_index
+            if index is not None and seq.num_computed <= index < seq.num_computed + len(feeds[b]):
+                row = self.model.compute_logits(hidden[b, index - seq.num_computed])
                 no_speech.append(float(torch.softmax(row, dim=-1)[self.no_speech_token]))
             else:
                 no_speech.append(None)
-        for request, feed in zip(requests, feeds):
-            request.num_computed += len(feed)
+        for seq, feed in zip(seqs, feeds):
+            seq.num_computed += len(feed)
         self.counters.decoder_tokens += sum(len(f) for f in feeds)
         return StepLogits(logits, no_speech)

@@ -28,8 +28,32 @@ class RequestStatus(enum.Enum):
 
 
 @dataclass
+class Sequence:
+    """One hypothesis of a request: its sampled tokens and its self-attention blocks (each beam has one)."""
+
+    request: "Request"
+    output: list[int] = field(default_factory=list)
+    sum_logprob: float = 0.0
+    block_table: list[int] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose K/V are in the cache
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.request.prompt + self.output
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.request.prompt) + len(self.output)
+
+    @property
+    def pending_tokens(self) -> list[int]:
+        """Tokens to feed this step: the whole uncached context after admission, else the last sample."""
+        return self.tokens[self.num_computed:]
+
+
+@dataclass
 class Request:
-    """Engine-side state of one window decode."""
+    """Engine-side state of one window decode: one sequence, or one per beam."""
 
     request_id: str
     features: Tensor  # (n_mels, 3000) log-mel of the window
@@ -38,32 +62,31 @@ class Request:
     max_tokens: int  # min(max_new_tokens, room left in the decoder context)
     audio_seconds: float = 30.0
     arrival_time: float = field(default_factory=time.monotonic)
-    output: list[int] = field(default_factory=list)
-    sum_logprob: float = 0.0
     no_speech_prob: float = math.nan
     status: RequestStatus = RequestStatus.WAITING
     window: WindowState | None = None  # the window (and cross-attention slot) this request decodes
-    block_table: list[int] = field(default_factory=list)
-    num_computed: int = 0  # tokens whose K/V are in the cache
     generator: torch.Generator | None = None
     first_token_time: float | None = None
+    seqs: list[Sequence] = field(default_factory=list)
+    finished_beams: dict[tuple[int, ...], float] = field(default_factory=dict)  # ended with end-of-text
+    beam_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.seqs:
+            self.seqs = [Sequence(self)]
 
     @property
     def cross_slot(self) -> int | None:
         return None if self.window is None else self.window.slot
 
     @property
-    def tokens(self) -> list[int]:
-        return self.prompt + self.output
+    def is_beam_search(self) -> bool:
+        return self.params.beam_size > 1
 
     @property
-    def num_tokens(self) -> int:
-        return len(self.prompt) + len(self.output)
-
-    @property
-    def pending_tokens(self) -> list[int]:
-        """Tokens to feed this step: the whole uncached context after admission, else the last sample."""
-        return self.tokens[self.num_computed:]
+    def num_seqs_reserved(self) -> int:
+        """Sequences this request may run at once (beams are counted in full from admission)."""
+        return max(self.params.beam_size, len(self.seqs))
 
 
 @dataclass

@@ -22,6 +22,11 @@ class SamplingParams:
     temperature: 0 is greedy; above 0 samples from softmax(logits / temperature).
     top_k / top_p: restrict sampling to the k most likely tokens / the smallest set with probability >= p.
     seed: makes sampling reproducible per request.
+    beam_size: beams for beam search (1: off); beams share the window's cross-attention slot and, copy-on-write,
+        their common self-attention blocks.
+    patience: beam search stops once round(beam_size * patience) hypotheses have ended (openai-whisper's rule).
+    length_penalty: None ranks finished beams by log-probability / length; a value alpha uses the Google NMT
+        penalty ((5 + length) / 6) ** alpha.
     max_new_tokens: most tokens sampled for the window.
     no_speech_index: prompt position of <|startoftranscript|>, where the no-speech probability is read.
     """
@@ -32,6 +37,9 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    beam_size: int = 1
+    patience: float = 1.0
+    length_penalty: float | None = None
     no_speech_index: int | None = None
 
     def __post_init__(self) -> None:
@@ -43,6 +51,14 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
+        if self.beam_size > 1 and self.temperature > 0:
+            raise ValueError("beam search is deterministic: use temperature 0 with beam_size > 1")
+        if self.patience <= 0:
+            raise ValueError(f"patience must be positive, got {self.patience}")
+        if self.length_penalty is not None and not 0.0 <= self.length_penalty <= 1.0:
+            raise ValueError(f"length_penalty must be between 0 and 1, got {self.length_penalty}")
 
 
 @dataclass

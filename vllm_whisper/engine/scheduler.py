@@ -1,5 +1,9 @@
 """Which requests run this step: keep decoding the running ones, preempt by recompute when blocks run out,
-and admit waiting windows first-come-first-served while sequences, slots, blocks and budgets allow."""
+and admit waiting windows first-come-first-served while sequences, slots, blocks and budgets allow.
+
+Beams share blocks after a fork; before a sequence writes into a shared, partly filled block it gets its own
+copy (copy-on-write), which the runner performs at the start of the step.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import dataclass, field
 
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool
-from vllm_whisper.engine.request import Request, RequestStatus
+from vllm_whisper.engine.request import Request, RequestStatus, Sequence
 
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
@@ -18,8 +22,9 @@ def blocks_for(num_tokens: int, block_size: int) -> int:
 @dataclass
 class SchedulerOutput:
     encode: list[Request] = field(default_factory=list)  # new windows: run the encoder, fill their slots
-    prefill: list[Request] = field(default_factory=list)  # feed the whole uncached context
-    decode: list[Request] = field(default_factory=list)  # feed one token
+    prefill: list[Sequence] = field(default_factory=list)  # feed the whole uncached context
+    decode: list[Sequence] = field(default_factory=list)  # feed one token
+    block_copies: list[tuple[int, int]] = field(default_factory=list)  # (source, destination) copy-on-write
     preempted: list[Request] = field(default_factory=list)
 
     @property
@@ -37,19 +42,22 @@ class Scheduler:
         self.running: list[Request] = []
         self.num_preemptions = 0
 
+    @property
+    def num_running_seqs(self) -> int:
+        return sum(r.num_seqs_reserved for r in self.running)
+
     def add(self, request: Request) -> None:
         self.waiting.append(request)
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        block_size = self.config.block_size
         token_budget = self.config.max_num_batched_tokens
-        # 1. Running sequences each feed one token; make room for it, preempting the newest if needed.
+        # 1. Running sequences each feed one token; make room for it, preempting the newest request if needed.
         still_running: list[Request] = []
         queue = deque(self.running)
         while queue:
             request = queue.popleft()
-            needed = blocks_for(request.num_computed + 1, block_size) - len(request.block_table)
+            needed = sum(self._blocks_to_grow(seq) for seq in request.seqs)
             while needed > 0 and not self.blocks.can_allocate(needed):
                 victim = queue.pop() if queue else request
                 self._preempt(victim, out)
@@ -57,40 +65,71 @@ class Scheduler:
                     break
             if request.status is not RequestStatus.RUNNING:
                 continue
-            for _ in range(needed):
-                request.block_table.append(self.blocks.allocate())
+            for seq in request.seqs:
+                self._grow(seq, out)
             still_running.append(request)
-            out.decode.append(request)
-            token_budget -= 1
+            out.decode += request.seqs
+            token_budget -= len(request.seqs)
         self.running = still_running
         # 2. Admit waiting requests in arrival order (preempted ones were put back at the front).
-        while self.waiting and len(self.running) < self.config.max_num_seqs:
+        running_seqs = self.num_running_seqs
+        while self.waiting:
             request = self.waiting[0]
-            new_window = request.window.slot is None
-            if new_window and (self.slots.num_free == 0 or
-                               len(out.encode) >= self.encoder_windows_per_step):
+            if running_seqs + request.num_seqs_reserved > self.config.max_num_seqs and self.running:
                 break
-            needed = blocks_for(request.num_tokens, block_size)
-            if not self.blocks.can_allocate(needed) or request.num_tokens > token_budget:
+            new_window = request.window.slot is None
+            if new_window and (self.slots.num_free == 0 or len(out.encode) >= self.encoder_windows_per_step):
+                break
+            needed = sum(blocks_for(seq.num_tokens, self.config.block_size) for seq in request.seqs)
+            new_tokens = sum(seq.num_tokens for seq in request.seqs)
+            if not self.blocks.can_allocate(needed) or new_tokens > token_budget:
                 break
             self.waiting.popleft()
             if new_window:
                 request.window.slot = self.slots.allocate()
                 out.encode.append(request)
-            request.block_table = [self.blocks.allocate() for _ in range(needed)]
-            request.num_computed = 0
+            for seq in request.seqs:
+                seq.block_table = [self.blocks.allocate() for _ in range(blocks_for(seq.num_tokens,
+                                                                                     self.config.block_size))]
+                seq.num_computed = 0
             request.status = RequestStatus.RUNNING
-            token_budget -= request.num_tokens
+            token_budget -= new_tokens
+            running_seqs += request.num_seqs_reserved
             self.running.append(request)
-            out.prefill.append(request)
+            out.prefill += request.seqs
         return out
+
+    def _blocks_to_grow(self, seq: Sequence) -> int:
+        """Blocks the sequence must take to write its next token: a new block, or a private copy of a shared one."""
+        size = self.config.block_size
+        needed = blocks_for(seq.num_computed + 1, size) - len(seq.block_table)
+        index = seq.num_computed // size
+        if index < len(seq.block_table) and self.blocks.ref_count(seq.block_table[index]) > 1:
+            needed += 1
+        return needed
+
+    def _grow(self, seq: Sequence, out: SchedulerOutput) -> None:
+        size = self.config.block_size
+        index = seq.num_computed // size
+        if index < len(seq.block_table) and self.blocks.ref_count(seq.block_table[index]) > 1:
+            shared = seq.block_table[index]
+            private = self.blocks.allocate()
+            out.block_copies.append((shared, private))
+            self.blocks.free(shared)
+            seq.block_table[index] = private
+        while len(seq.block_table) < blocks_for(seq.num_computed + 1, size):
+            seq.block_table.append(self.blocks.allocate())
+
+    def free_blocks(self, seq: Sequence) -> None:
+        for block in seq.block_table:
+            self.blocks.free(block)
+        seq.block_table = []
 
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         """Free the request's blocks and queue it for recompute; its window keeps its cross-K/V slot."""
-        for block in request.block_table:
-            self.blocks.free(block)
-        request.block_table = []
-        request.num_computed = 0
+        for seq in request.seqs:
+            self.free_blocks(seq)
+            seq.num_computed = 0
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
         out.preempted.append(request)
@@ -102,7 +141,6 @@ class Scheduler:
             self.running.remove(request)
         elif request in self.waiting:
             self.waiting.remove(request)
-        for block in request.block_table:
-            self.blocks.free(block)
-        request.block_table = []
+        for seq in request.seqs:
+            self.free_blocks(seq)
         request.status = status
