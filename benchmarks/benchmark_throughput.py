@@ -65,15 +65,20 @@ def main() -> None:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--dtype", default="float32", help="our dtype (float32 or bfloat16)")
     parser.add_argument("--clips", type=int, default=30)
+    parser.add_argument("--sentences-per-clip", type=int, default=1,
+                        help="1: one short sentence per clip; 8: ~25 s paragraphs that fill a window like real speech")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--skip-faster-whisper", action="store_true")
     args = parser.parse_args()
 
     from vllm_whisper.audio import load_audio
-    from vllm_whisper.testing.speech import english_corpus
+    from vllm_whisper.testing.speech import english_corpus, paragraph_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
-        clips = english_corpus(Path(tmp) / "clips", args.clips)
+        if args.sentences_per_clip > 1:
+            clips = paragraph_corpus(Path(tmp) / "clips", args.clips, args.sentences_per_clip)
+        else:
+            clips = english_corpus(Path(tmp) / "clips", args.clips)
         paths = [c.path for c in clips]
         audio_seconds = sum(len(load_audio(p)) / 16000 for p in paths)
         rows = [
@@ -88,8 +93,9 @@ def main() -> None:
                     break
                 rows.append(row)
         references = [c.text for c in clips]
-    report(f"Throughput, {args.model}, {len(paths)} clips, {audio_seconds:.1f} s of audio", rows, references,
-           args.json, benchmark="throughput", model=args.model, dtype=args.dtype, clips=len(paths),
+    report(f"Throughput, {args.model}, {len(paths)} clips of {args.sentences_per_clip} sentence(s), "
+           f"{audio_seconds:.1f} s of audio", rows, references, args.json, benchmark="throughput", model=args.model,
+           dtype=args.dtype, clips=len(paths), sentences_per_clip=args.sentences_per_clip,
            audio_seconds=audio_seconds)
     together, alone = rows[0], rows[1]
     print(f"all at once vs one at a time: {together['rtfx'] / alone['rtfx']:.2f}x")

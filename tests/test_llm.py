@@ -50,6 +50,15 @@ def test_single_item_and_params_object(llm, fox_clip):
     assert with_ts.segments[0].tokens[0] >= llm.tokenizer.timestamp_begin
 
 
+def test_beam_search_through_the_offline_api(llm, english_clips):
+    [greedy, beams] = [llm.transcribe([english_clips[3].path], TranscriptionParams(beam_size=b))[0] for b in (1, 5)]
+    assert "chicken leg" in beams.text.lower()  # greedy misheard it as "chicken lagers" on this clip
+    assert beams.segments and beams.segments[0].tokens[0] >= llm.tokenizer.timestamp_begin
+    assert greedy.text != beams.text
+    with pytest.raises(ValueError, match="beam_size"):
+        TranscriptionParams(beam_size=0)
+
+
 def test_audio_longer_than_30s_is_chained(llm, english_clips):
     """Four sentences separated by 9 s of silence (~45 s): the last one is decoded from the second window."""
     silence = np.zeros(9 * 16000, dtype=np.float32)

@@ -21,6 +21,9 @@ class TranscriptionParams:
     suppress_tokens: token ids never sampled; None uses the checkpoint's list (non-speech symbols, controls).
     suppress_blank: forbid a blank or end-of-text as the first sampled token of a window.
     max_initial_timestamp: latest allowed first timestamp of a window, in seconds.
+    beam_size: 1 decodes greedily; more runs beam search with that many beams (openai-whisper's CLI uses 5).
+    patience: beam search ends once round(beam_size * patience) hypotheses have finished.
+    length_penalty: None ranks hypotheses by log-probability / length; alpha in [0, 1] uses ((5 + L) / 6) ** alpha.
     """
 
     task: str = "transcribe"
@@ -30,6 +33,9 @@ class TranscriptionParams:
     suppress_tokens: tuple[int, ...] | None = None
     suppress_blank: bool = True
     max_initial_timestamp: float = 1.0
+    beam_size: int = 1
+    patience: float = 1.0
+    length_penalty: float | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -40,5 +46,11 @@ class TranscriptionParams:
             raise ValueError(f"max_new_tokens must be between 1 and 448, got {self.max_new_tokens}")
         if not 0.0 <= self.max_initial_timestamp <= 30.0:
             raise ValueError(f"max_initial_timestamp must be within a 30 s window, got {self.max_initial_timestamp}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
+        if self.patience <= 0:
+            raise ValueError(f"patience must be positive, got {self.patience}")
+        if self.length_penalty is not None and not 0.0 <= self.length_penalty <= 1.0:
+            raise ValueError(f"length_penalty must be between 0 and 1, got {self.length_penalty}")
         if self.suppress_tokens is not None:
             object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
+    tr.add_argument("--beam-size", type=int, default=1, help="beams for beam search (1: greedy)")
     tr.add_argument("--max-num-seqs", type=int, default=64, help="most windows decoding at once")
     tr.add_argument("--kv-cache-space", type=float, default=4.0,
                     help="GiB of CPU memory for the KV cache (self-attention blocks + cross-attention slots)")
@@ -50,7 +51,8 @@ def _transcribe(args: argparse.Namespace) -> int:
         print(f"error: {fmt} output of several files needs --output-dir", file=sys.stderr)
         return 2
     try:
-        params = TranscriptionParams(task=args.task, language=args.language, timestamps=not args.no_timestamps)
+        params = TranscriptionParams(task=args.task, language=args.language, timestamps=not args.no_timestamps,
+                                     beam_size=args.beam_size)
         engine_config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
                                      gpu_memory_utilization=args.gpu_memory_utilization)
         llm = LLM(model=args.model, dtype=args.dtype, device=args.device, engine_config=engine_config)

@@ -48,6 +48,10 @@ HARVARD_SENTENCES: tuple[str, ...] = (
 
 FLITE_VOICES = ("slt", "awb", "rms", "kal16")
 FESTIVAL_VOICE = "cmu_us_slt_arctic_hts"
+# (engine, voice) pairs used in rotation for English test speech.
+SPEAKERS: tuple[tuple[str, str], ...] = (
+    *(("flite", v) for v in FLITE_VOICES), ("festival", FESTIVAL_VOICE), ("espeak-ng", "en-us"),
+)
 
 
 class SpeechSynthesisError(RuntimeError):
@@ -100,10 +104,9 @@ def synthesize(
 
 def english_corpus(folder: Path, count: int = len(HARVARD_SENTENCES)) -> list[Utterance]:
     """`count` Harvard sentences spoken by rotating flite voices, festival and espeak-ng."""
-    speakers = [("flite", v) for v in FLITE_VOICES] + [("festival", FESTIVAL_VOICE), ("espeak-ng", "en-us")]
     clips = []
     for i in range(count):
-        engine, voice = speakers[i % len(speakers)]
+        engine, voice = SPEAKERS[i % len(SPEAKERS)]
         text = HARVARD_SENTENCES[i % len(HARVARD_SENTENCES)]
         clips.append(synthesize(text, Path(folder) / f"clip{i:03d}_{engine}_{voice}.wav", engine, voice))
     return clips
@@ -124,3 +127,27 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     import jiwer
 
     return jiwer.wer([normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses])
+
+
+def paragraph_corpus(folder: Path, count: int, sentences_per_clip: int, gap_seconds: float = 0.4) -> list[Utterance]:
+    """`count` clips of `sentences_per_clip` Harvard sentences each (one speaker per clip, short pauses between
+    sentences), so a clip fills most of a 30 s window as continuous speech does."""
+    import numpy as np
+
+    from vllm_whisper.audio.decode import load_audio
+    from vllm_whisper.testing.encode import encode_audio
+
+    folder = Path(folder)
+    gap = np.zeros(int(gap_seconds * 16000), dtype=np.float32)
+    clips = []
+    for i in range(count):
+        engine, voice = SPEAKERS[i % len(SPEAKERS)]
+        chosen = [HARVARD_SENTENCES[(i * sentences_per_clip + k) % len(HARVARD_SENTENCES)]
+                  for k in range(sentences_per_clip)]
+        parts = []
+        for k, text in enumerate(chosen):
+            path = folder / f"p{i:03d}_{k}.wav"
+            parts += [load_audio(synthesize(text, path, engine, voice).path), gap]
+        out = encode_audio(np.concatenate(parts), 16000, folder / f"paragraph{i:03d}.wav")
+        clips.append(Utterance(out, " ".join(chosen), engine, voice))
+    return clips

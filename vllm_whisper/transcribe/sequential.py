@@ -114,6 +114,8 @@ class LongFormTranscription:
         else:
             prompt = model.get_decoder_prompt(self.language, self.params.task, self.params.timestamps)
             params = SamplingParams(self.rules, max_new_tokens=self.params.max_new_tokens,
+                                    beam_size=self.params.beam_size, patience=self.params.patience,
+                                    length_penalty=self.params.length_penalty,
                                     no_speech_index=prompt.index(self.loaded.tokenizer.sot))
             job = WindowJob(self._job_id("win"), key, features, prompt, params, "transcribe", window_frames / 100)
         self._in_flight = job
@@ -156,6 +158,8 @@ class LongFormTranscription:
 
 def run_job_with_reference(loaded: LoadedModel, job: WindowJob) -> JobResult:
     """Decode one job with the unbatched greedy oracle."""
+    if job.params.beam_size > 1:
+        raise ValueError("the reference decoder is greedy; run beam search on the engine (LLM.transcribe)")
     window = encode_window(loaded.model, job.features)
     out = greedy_decode(loaded.model, window, job.prompt, job.params.rules, job.params.max_new_tokens,
                         job.params.no_speech_index)
