@@ -30,7 +30,8 @@ def test_benchmark_offline_short_run(tmp_path):
 def test_benchmark_throughput_short_run(tmp_path):
     out = tmp_path / "throughput.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "benchmark_throughput.py"), "--clips", "2", "--json", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "benchmark_throughput.py"), "--clips", "2",
+         "--sentences-per-clip", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -41,3 +42,4 @@ def test_benchmark_throughput_short_run(tmp_path):
     for row in data["results"]:
         assert row["rtfx"] > 0 and 0 <= row["wer"] <= 1
     assert data["results"][0]["encoder_runs"] == 1 + 2  # warm-up window + one window per clip
+    assert data["sentences_per_clip"] == 2
