@@ -21,6 +21,18 @@ class TranscriptionParams:
     suppress_tokens: token ids never sampled; None uses the checkpoint's list (non-speech symbols, controls).
     suppress_blank: forbid a blank or end-of-text as the first sampled token of a window.
     max_initial_timestamp: latest allowed first timestamp of a window, in seconds.
+    temperature: the fallback schedule: decode at the first temperature; when the result is too repetitive
+        (compression ratio above compression_ratio_threshold) or too unlikely (average log-probability below
+        logprob_threshold), retry the window at the next one. Retries reuse the window's encoder output.
+    compression_ratio_threshold / logprob_threshold: the fallback triggers (None disables each).
+    no_speech_threshold: a window whose no-speech probability exceeds this while its average log-probability is
+        below logprob_threshold is treated as silence and skipped.
+    silence_threshold_db: a window whose peak level stays below this many dBFS is skipped without decoding
+        (Whisper tends to invent a word or two for digital silence); None decodes every window.
+    condition_on_previous_text: give each window the previous windows' text as a prompt (reset after a window
+        decoded at temperature > 0.5, which stops runaway repetition).
+    initial_prompt: text that conditions the first window (spellings, names, style).
+    seed: makes temperature sampling reproducible.
     beam_size: 1 decodes greedily; more runs beam search with that many beams (openai-whisper's CLI uses 5).
     patience: beam search ends once round(beam_size * patience) hypotheses have finished.
     length_penalty: None ranks hypotheses by log-probability / length; alpha in [0, 1] uses ((5 + L) / 6) ** alpha.
@@ -33,6 +45,14 @@ class TranscriptionParams:
     suppress_tokens: tuple[int, ...] | None = None
     suppress_blank: bool = True
     max_initial_timestamp: float = 1.0
+    temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    silence_threshold_db: float | None = -60.0
+    condition_on_previous_text: bool = True
+    initial_prompt: str | None = None
+    seed: int | None = None
     beam_size: int = 1
     patience: float = 1.0
     length_penalty: float | None = None
@@ -46,6 +66,10 @@ class TranscriptionParams:
             raise ValueError(f"max_new_tokens must be between 1 and 448, got {self.max_new_tokens}")
         if not 0.0 <= self.max_initial_timestamp <= 30.0:
             raise ValueError(f"max_initial_timestamp must be within a 30 s window, got {self.max_initial_timestamp}")
+        temperatures = (self.temperature,) if isinstance(self.temperature, (int, float)) else tuple(self.temperature)
+        if not temperatures or any(t < 0 for t in temperatures):
+            raise ValueError(f"temperature must be one or more values >= 0, got {self.temperature}")
+        object.__setattr__(self, "temperature", tuple(float(t) for t in temperatures))
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
         if self.patience <= 0:

@@ -52,8 +52,11 @@ def greedy_decode(
     rules: LogitsRules,
     max_new_tokens: int,
     no_speech_index: int | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
 ) -> WindowDecodeResult:
-    """Greedy decoding from `prompt`; no_speech_index is the prompt position of <|startoftranscript|>."""
+    """Greedy decoding from `prompt` (or sampling when temperature > 0, seeded like the engine's requests);
+    no_speech_index is the prompt position of <|startoftranscript|>."""
     tokenizer: WhisperTokenizer = model.tokenizer
     limit = min(max_new_tokens, model.config.max_target_positions - len(prompt))
     if limit <= 0:
@@ -70,9 +73,17 @@ def greedy_decode(
     generated: list[int] = []
     sum_logprob = 0.0
     finished = False
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=model.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
     for step in range(limit):
         ruled = rules.apply(logits, generated)
-        token = int(torch.argmax(ruled))
+        if generator is None:
+            token = int(torch.argmax(ruled))
+        else:
+            probs = torch.softmax(ruled.float() / temperature, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=generator))
         sum_logprob += float(torch.log_softmax(ruled, dim=-1)[token])
         if token == tokenizer.eot:
             finished = True

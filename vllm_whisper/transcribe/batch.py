@@ -41,7 +41,7 @@ def transcribe_batch(engine: LLMEngine, audios: Sequence[np.ndarray],
                 if not out.finished:
                     continue
                 machine, job = in_flight.pop(out.request_id)
-                machine.on_result(job, JobResult(out.tokens, out.sum_logprob, out.no_speech_prob))
+                machine.on_result(job, JobResult(out.tokens, out.sum_logprob, out.no_speech_prob, job.params.temperature))
                 next_job = submit(machine)
                 if next_job is None or next_job.window_key != job.window_key:
                     engine.release_window(job.window_key)

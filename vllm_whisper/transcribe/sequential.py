@@ -2,7 +2,10 @@
 timestamp, repeat.
 
 The machine only says which window to decode next (a WindowJob) and consumes the result, so the same loop runs
-on the reference greedy decoder (one job at a time) and on the batched engine (jobs of many files at once).
+on the reference decoder (one job at a time) and on the batched engine (jobs of many files at once). It keeps
+the reference semantics: temperature fallback on repetitive or unlikely output (a retry is another job on the
+same window, so the encoder output is reused), conditioning on previous text, an initial prompt, and skipping
+windows judged silent.
 Features are computed once per file (audio padded with 30 s of silence, as the reference does) and sliced per
 window, so a file's first window equals the single-window features exactly. Language detection is a one-token
 job on the first window, whose encoder output the transcription job then reuses.
@@ -45,6 +48,7 @@ class JobResult:
     tokens: list[int]
     sum_logprob: float
     no_speech_prob: float
+    temperature: float = 0.0
 
     @property
     def avg_logprob(self) -> float:
@@ -85,6 +89,7 @@ class LongFormTranscription:
             raise ValueError(f"The English-only model {loaded.name!r} cannot translate; use a multilingual model.")
         self.loaded, self.params, self.name = loaded, params, name
         self.mel = log_mel_spectrogram(audio, loaded.config.num_mel_bins, padding=N_SAMPLES)
+        self.audio = audio
         self.content_frames = len(audio) // HOP_LENGTH
         self.duration = len(audio) / SAMPLE_RATE
         self.rules = build_rules(loaded, params)
@@ -92,8 +97,13 @@ class LongFormTranscription:
         self.language_probability: float | None = None
         self.segments: list[Segment] = []
         self.seek = 0
+        self.skipped_windows = 0
+        self.fallbacks = 0
         self._jobs_issued = 0
         self._in_flight: WindowJob | None = None
+        self._temperature_index = 0  # position in params.temperature for the current window
+        self._all_tokens: list[int] = tok.encode(" " + params.initial_prompt.strip()) if params.initial_prompt else []
+        self._prompt_reset_since = 0
 
     @property
     def done(self) -> bool:
@@ -101,7 +111,12 @@ class LongFormTranscription:
 
     def next_job(self) -> WindowJob | None:
         """The next window decode, or None when the file is finished (or a job is already out)."""
-        if self._in_flight is not None or self.seek >= self.content_frames:
+        if self._in_flight is not None:
+            return None
+        while self.seek < self.content_frames and self._window_is_silent():
+            self.seek += min(N_FRAMES, self.content_frames - self.seek)
+            self.skipped_windows += 1
+        if self.seek >= self.content_frames:
             return None
         model = self.loaded.model
         window_frames = min(N_FRAMES, self.content_frames - self.seek)
@@ -112,9 +127,13 @@ class LongFormTranscription:
             job = WindowJob(self._job_id("lang"), key, features, [self.loaded.tokenizer.sot], params, "language",
                             window_frames / 100)
         else:
-            prompt = model.get_decoder_prompt(self.language, self.params.task, self.params.timestamps)
-            params = SamplingParams(self.rules, max_new_tokens=self.params.max_new_tokens,
-                                    beam_size=self.params.beam_size, patience=self.params.patience,
+            previous = self._all_tokens[self._prompt_reset_since:]
+            prompt = model.get_decoder_prompt(self.language, self.params.task, self.params.timestamps, previous)
+            temperature = self.params.temperature[self._temperature_index]
+            beams = self.params.beam_size if temperature == 0 else 1
+            seed = None if self.params.seed is None else self.params.seed + self._jobs_issued
+            params = SamplingParams(self.rules, max_new_tokens=self.params.max_new_tokens, temperature=temperature,
+                                    seed=seed, beam_size=beams, patience=self.params.patience,
                                     length_penalty=self.params.length_penalty,
                                     no_speech_index=prompt.index(self.loaded.tokenizer.sot))
             job = WindowJob(self._job_id("win"), key, features, prompt, params, "transcribe", window_frames / 100)
@@ -131,18 +150,56 @@ class LongFormTranscription:
             self.language_probability = math.exp(result.sum_logprob)
             return
         window_frames = min(N_FRAMES, self.content_frames - self.seek)
+        text = tok.decode(result.tokens)
+        window_ratio = compression_ratio(text)
+        if self._needs_fallback(result, window_ratio) and self._temperature_index + 1 < len(self.params.temperature):
+            self._temperature_index += 1  # retry this window hotter; the job reuses its encoder output
+            self.fallbacks += 1
+            return
+        self._temperature_index = 0
+        if self._is_silence(result):
+            self.seek += window_frames
+            self.skipped_windows += 1
+            return
         spans, consumed = split_window(result.tokens, tok, self.seek, window_frames)
-        window_ratio = compression_ratio(tok.decode(result.tokens))
         for span in spans:
             text = tok.decode(span.tokens)
             if not text.strip() or (self.params.timestamps and span.end <= span.start):
                 continue
             self.segments.append(Segment(
                 id=len(self.segments), seek=self.seek, start=round(span.start, 3),
-                end=round(min(span.end, self.duration), 3), text=text, tokens=span.tokens, temperature=0.0,
-                avg_logprob=result.avg_logprob, compression_ratio=window_ratio, no_speech_prob=result.no_speech_prob,
+                end=round(min(span.end, self.duration), 3), text=text, tokens=span.tokens,
+                temperature=result.temperature, avg_logprob=result.avg_logprob, compression_ratio=window_ratio,
+                no_speech_prob=result.no_speech_prob,
             ))
+            self._all_tokens += span.tokens
+        if not self.params.condition_on_previous_text or result.temperature > 0.5:
+            self._prompt_reset_since = len(self._all_tokens)
         self.seek += consumed
+
+    def _window_is_silent(self) -> bool:
+        threshold = self.params.silence_threshold_db
+        if threshold is None:
+            return False
+        start = self.seek * HOP_LENGTH
+        samples = self.audio[start:start + N_SAMPLES]
+        peak = float(np.abs(samples).max()) if samples.size else 0.0
+        return peak < 10 ** (threshold / 20)
+
+    def _needs_fallback(self, result: JobResult, ratio: float) -> bool:
+        p = self.params
+        needs = (p.compression_ratio_threshold is not None and ratio > p.compression_ratio_threshold) or (
+            p.logprob_threshold is not None and result.avg_logprob < p.logprob_threshold)
+        if (p.no_speech_threshold is not None and result.no_speech_prob > p.no_speech_threshold
+                and p.logprob_threshold is not None and result.avg_logprob < p.logprob_threshold):
+            needs = False  # silence: no temperature will find speech here
+        return needs
+
+    def _is_silence(self, result: JobResult) -> bool:
+        p = self.params
+        if p.no_speech_threshold is None or not result.no_speech_prob > p.no_speech_threshold:
+            return False
+        return not (p.logprob_threshold is not None and result.avg_logprob > p.logprob_threshold)
 
     def result(self) -> TranscriptionResult:
         if not self.done:
@@ -157,13 +214,13 @@ class LongFormTranscription:
 
 
 def run_job_with_reference(loaded: LoadedModel, job: WindowJob) -> JobResult:
-    """Decode one job with the unbatched greedy oracle."""
+    """Decode one job with the unbatched reference decoder (greedy, or sampling at the job's temperature)."""
     if job.params.beam_size > 1:
         raise ValueError("the reference decoder is greedy; run beam search on the engine (LLM.transcribe)")
     window = encode_window(loaded.model, job.features)
     out = greedy_decode(loaded.model, window, job.prompt, job.params.rules, job.params.max_new_tokens,
-                        job.params.no_speech_index)
-    return JobResult(out.tokens, out.sum_logprob, out.no_speech_prob)
+                        job.params.no_speech_index, job.params.temperature, job.params.seed)
+    return JobResult(out.tokens, out.sum_logprob, out.no_speech_prob, job.params.temperature)
 
 
 def transcribe_sequential(loaded: LoadedModel, audio: np.ndarray, params: TranscriptionParams) -> TranscriptionResult:
