@@ -13,6 +13,7 @@ from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.testing.engine_runs import run_to_completion
 from vllm_whisper.transcribe.sequential import build_rules
 
 
@@ -26,14 +27,7 @@ def make_requests(loaded, count: int):
 
 def sync_reference(loaded, requests) -> dict[str, list[int]]:
     engine = LLMEngine(loaded, EngineConfig(num_kv_blocks=200, num_cross_slots=8))
-    for request_id, features, prompt, params in requests:
-        engine.add_request(request_id, features, prompt, params)
-    done = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = out.tokens
-    return done
+    return {k: v.tokens for k, v in run_to_completion(engine, requests).items()}
 
 
 def test_concurrent_streams_match_the_sync_engine(small_random):

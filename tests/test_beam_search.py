@@ -15,6 +15,7 @@ from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.model_executor.whisper import ContiguousKVCache
 from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.testing.engine_runs import run_to_completion
 from vllm_whisper.testing.speech import word_error_rate
 from vllm_whisper.transcribe.sequential import build_rules
 
@@ -82,14 +83,7 @@ def reference_beam_search(loaded, features, prompt, rules, beam_size, max_tokens
 
 
 def run_engine(engine, jobs) -> dict[str, list[int]]:
-    for request_id, features, prompt, params in jobs:
-        engine.add_request(request_id, features, prompt, params)
-    done = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = out.tokens
-    return done
+    return {k: v.tokens for k, v in run_to_completion(engine, jobs).items()}
 
 
 def test_five_beams_match_the_reference_on_ten_clips(tiny_en, english_clips):

@@ -14,16 +14,8 @@ from vllm_whisper.decoding.greedy import encode_window, greedy_decode
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.testing.engine_runs import run_to_completion
 from vllm_whisper.transcribe.sequential import build_rules
-
-
-def run_to_completion(engine: LLMEngine) -> dict:
-    finished = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                finished[out.request_id] = out
-    return finished
 
 
 def oracle(loaded, features, prompt, params: SamplingParams):
