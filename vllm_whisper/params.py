@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from vllm_whisper.languages import normalize_language
 
 TASKS = ("transcribe", "translate")
+CHUNKING_STRATEGIES = ("sequential", "parallel")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,16 @@ class TranscriptionParams:
     beam_size: 1 decodes greedily; more runs beam search with that many beams (openai-whisper's CLI uses 5).
     patience: beam search ends once round(beam_size * patience) hypotheses have finished.
     length_penalty: None ranks hypotheses by log-probability / length; alpha in [0, 1] uses ((5 + L) / 6) ** alpha.
+    word_timestamps: time every word from the cross-attention of the model's alignment heads (DTW); fills
+        Segment.words and, like the reference, uses the last word's end to place the next window.
+    prepend_punctuations / append_punctuations: punctuation merged into the following / preceding word.
+    chunking_strategy: "sequential" (default) seeks window by window with the reference semantics (each
+        window conditioned on the previous text, exact segment boundaries); "parallel" cuts the file at quiet
+        points (or VAD gaps) into pieces of at most 30 s and decodes them all at once: lower latency for one
+        long file, no conditioning across pieces.
+    vad_filter: drop non-speech with the silero-vad model before decoding (timestamps stay in the original
+        file's time); vad_threshold is its speech probability threshold, vad_min_silence_ms the shortest gap
+        that splits speech.
     """
 
     task: str = "transcribe"
@@ -56,6 +67,13 @@ class TranscriptionParams:
     beam_size: int = 1
     patience: float = 1.0
     length_penalty: float | None = None
+    word_timestamps: bool = False
+    prepend_punctuations: str = "\"'\u201c\u00bf([{-"
+    append_punctuations: str = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
+    chunking_strategy: str = "sequential"
+    vad_filter: bool = False
+    vad_threshold: float = 0.5
+    vad_min_silence_ms: int = 500
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -76,5 +94,11 @@ class TranscriptionParams:
             raise ValueError(f"patience must be positive, got {self.patience}")
         if self.length_penalty is not None and not 0.0 <= self.length_penalty <= 1.0:
             raise ValueError(f"length_penalty must be between 0 and 1, got {self.length_penalty}")
+        if self.chunking_strategy not in CHUNKING_STRATEGIES:
+            raise ValueError(f"chunking_strategy must be one of {CHUNKING_STRATEGIES}, got {self.chunking_strategy!r}")
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ValueError(f"vad_threshold must be between 0 and 1, got {self.vad_threshold}")
+        if self.vad_min_silence_ms < 0:
+            raise ValueError(f"vad_min_silence_ms cannot be negative, got {self.vad_min_silence_ms}")
         if self.suppress_tokens is not None:
             object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))

@@ -13,6 +13,16 @@ def compression_ratio(text: str) -> float:
 
 
 @dataclass
+class Word:
+    """One word with its time span (from cross-attention alignment) and its mean token probability."""
+
+    word: str  # with its leading space, as decoded
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass
 class Segment:
     """One timed span of text, with the fields OpenAI's verbose_json reports."""
 
@@ -26,6 +36,7 @@ class Segment:
     avg_logprob: float = 0.0
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
+    words: list[Word] | None = None  # filled when word timestamps are asked for
 
 
 @dataclass
