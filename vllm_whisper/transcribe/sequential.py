@@ -162,20 +162,42 @@ class LongFormTranscription:
             self.skipped_windows += 1
             return
         spans, consumed = split_window(result.tokens, tok, self.seek, window_frames)
+        for segment in self._make_segments(spans, result, window_ratio):
+            self.segments.append(segment)
+            self._all_tokens += segment.tokens
+        if not self.params.condition_on_previous_text or result.temperature > 0.5:
+            self._prompt_reset_since = len(self._all_tokens)
+        self.seek += consumed
+
+    def preview_segments(self, partial_tokens: list[int]) -> list[Segment]:
+        """Segments already closed by a timestamp pair in the partial output of the window in flight: what
+        on_result will keep for them unless a fallback retry replaces the window (streaming sends them early)."""
+        if self._in_flight is None or self._in_flight.kind != "transcribe" or not self.params.timestamps:
+            return []
+        tok = self.loaded.tokenizer
+        closed = [i + 1 for i in range(len(partial_tokens) - 1)
+                  if tok.is_timestamp(partial_tokens[i]) and tok.is_timestamp(partial_tokens[i + 1])]
+        if not closed:
+            return []
+        window_frames = min(N_FRAMES, self.content_frames - self.seek)
+        spans, _ = split_window(partial_tokens[:closed[-1] + 1], tok, self.seek, window_frames)
+        return self._make_segments(spans, JobResult(partial_tokens, 0.0, math.nan), 0.0)
+
+    def _make_segments(self, spans, result: JobResult, window_ratio: float) -> list[Segment]:
+        """Number the window's spans as segments, dropping empty ones (and zero-length ones with timestamps)."""
+        tok = self.loaded.tokenizer
+        segments: list[Segment] = []
         for span in spans:
             text = tok.decode(span.tokens)
             if not text.strip() or (self.params.timestamps and span.end <= span.start):
                 continue
-            self.segments.append(Segment(
-                id=len(self.segments), seek=self.seek, start=round(span.start, 3),
+            segments.append(Segment(
+                id=len(self.segments) + len(segments), seek=self.seek, start=round(span.start, 3),
                 end=round(min(span.end, self.duration), 3), text=text, tokens=span.tokens,
                 temperature=result.temperature, avg_logprob=result.avg_logprob, compression_ratio=window_ratio,
                 no_speech_prob=result.no_speech_prob,
             ))
-            self._all_tokens += span.tokens
-        if not self.params.condition_on_previous_text or result.temperature > 0.5:
-            self._prompt_reset_since = len(self._all_tokens)
-        self.seek += consumed
+        return segments
 
     def _window_is_silent(self) -> bool:
         threshold = self.params.silence_threshold_db
