@@ -32,11 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="GiB of CPU memory for the KV cache (self-attention blocks + cross-attention slots)")
     tr.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                     help="fraction of GPU memory to use in total (CUDA only)")
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible server (same flags as "
+                                "python -m vllm_whisper.entrypoints.api_server)")
+    from vllm_whisper.entrypoints.api_server import add_server_arguments
+
+    add_server_arguments(serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from vllm_whisper.entrypoints.api_server import run_server
+
+        run_server(args)
+        return 0
     return _transcribe(args)
 
 
