@@ -24,6 +24,7 @@ setup(
         "numpy>=1.24",
         "huggingface_hub>=0.23",
         "silero-vad>=5.1",
+        "onnxruntime>=1.16",
         "fastapi>=0.110",
         "uvicorn>=0.29",
         "python-multipart>=0.0.9",

@@ -43,3 +43,21 @@ def test_benchmark_throughput_short_run(tmp_path):
         assert row["rtfx"] > 0 and 0 <= row["wer"] <= 1
     assert data["results"][0]["encoder_runs"] == 1 + 2  # warm-up window + one window per clip
     assert data["sentences_per_clip"] == 2
+
+
+def test_benchmark_serving_short_run(tmp_path):
+    """Launches our server and the faster-whisper peer, loads each briefly, and reports both rows."""
+    out = tmp_path / "serving.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "benchmark_serving.py"), "--concurrency", "2", "--duration", "3",
+         "--clips", "2", "--max-sentences", "2", "--stream", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Machine:" in done.stdout
+    data = json.loads(out.read_text())
+    systems = [row["system"] for row in data["results"]]
+    assert systems == ["vllm-whisper", "faster-whisper server (int8)"]
+    for row in data["results"]:
+        assert row["ok"] >= 1 and row["errors_5xx"] == 0 and row["lost"] == 0
+        assert row["ttft_p50_s"] > 0 and row["e2e_p99_s"] >= row["e2e_p50_s"] > 0 and row["rtfx"] > 0
