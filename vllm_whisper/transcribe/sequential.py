@@ -26,6 +26,7 @@ from vllm_whisper.decoding.logits_rules import LogitsRules
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.model_executor.loader import LoadedModel
 from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.transcribe.alignment import add_word_timestamps
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult, compression_ratio
 from vllm_whisper.transcribe.segments import split_window
 
@@ -104,6 +105,7 @@ class LongFormTranscription:
         self._temperature_index = 0  # position in params.temperature for the current window
         self._all_tokens: list[int] = tok.encode(" " + params.initial_prompt.strip()) if params.initial_prompt else []
         self._prompt_reset_since = 0
+        self._last_speech_timestamp = 0.0
 
     @property
     def done(self) -> bool:
@@ -162,12 +164,30 @@ class LongFormTranscription:
             self.skipped_windows += 1
             return
         spans, consumed = split_window(result.tokens, tok, self.seek, window_frames)
-        for segment in self._make_segments(spans, result, window_ratio):
+        segments = self._make_segments(spans, result, window_ratio)
+        if self.params.word_timestamps and segments:
+            consumed = self._align_words(job, segments, window_frames, result.tokens, consumed)
+        for segment in segments:
             self.segments.append(segment)
             self._all_tokens += segment.tokens
         if not self.params.condition_on_previous_text or result.temperature > 0.5:
             self._prompt_reset_since = len(self._all_tokens)
         self.seek += consumed
+
+    def _align_words(self, job: WindowJob, segments: list[Segment], window_frames: int, tokens: list[int],
+                     consumed: int) -> int:
+        """Time every word of the window (alignment heads + DTW on the window's features) and, as the reference
+        does, start the next window at the last word's end unless the window ended on a lone timestamp."""
+        self._last_speech_timestamp = add_word_timestamps(
+            self.loaded, segments, job.features, self.language, self.params, window_frames,
+            self._last_speech_timestamp)
+        tok = self.loaded.tokenizer
+        single_timestamp_ending = len(tokens) >= 2 and not tok.is_timestamp(tokens[-2]) and tok.is_timestamp(tokens[-1])
+        ends = [w.end for s in segments for w in s.words or []]
+        window_start = self.seek / 100
+        if not single_timestamp_ending and ends and ends[-1] > window_start:
+            return max(1, round(ends[-1] * 100) - self.seek)
+        return consumed
 
     def preview_segments(self, partial_tokens: list[int]) -> list[Segment]:
         """Segments already closed by a timestamp pair in the partial output of the window in flight: what
