@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES=(flite espeak-ng sox libsox-fmt-all festival festvox-us-slt-hts)
+APT_PACKAGES=(flite espeak-ng sox libsox-fmt-all festival festvox-us-slt-hts festvox-italp16k)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

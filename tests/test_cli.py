@@ -70,3 +70,17 @@ def test_output_dir_writes_one_file_per_input(english_clips, tmp_path):
 def test_bad_options_exit_2_with_a_message(fox_clip, args, message):
     done = cli("transcribe", str(fox_clip.path), *args)
     assert done.returncode in (1, 2) and message in done.stderr
+
+
+def test_verbose_json_with_words_parallel_and_vad(tmp_path, fox_clip):
+    """The transcription options reach the engine from the command line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vllm_whisper.entrypoints.cli", "transcribe", str(fox_clip.path), "--output-format",
+         "verbose_json", "--word-timestamps", "--chunking-strategy", "parallel", "--vad-filter",
+         "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = json.loads((tmp_path / "fox.json").read_text())
+    assert body["language"] == "english" and body["segments"]
+    words = [w["word"] for w in body["words"]]
+    assert "fox" in [w.strip(" .").lower() for w in words]
+    assert all(0 <= w["start"] <= w["end"] <= body["duration"] for w in body["words"])

@@ -9,7 +9,8 @@ import pytest
 from vllm_whisper import LLM, TranscriptionParams
 from vllm_whisper.audio import load_audio
 from vllm_whisper.testing.speech import synthesize
-from vllm_whisper.transcribe.sequential import LongFormTranscription, JobResult, transcribe_sequential
+from vllm_whisper.transcribe.sequential import (JobResult, LongFormTranscription, run_job_with_reference,
+                                                transcribe_sequential)
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +24,25 @@ def test_repetition_triggers_fallback_and_reuses_the_window(llm, speech_dir):
     before = llm.engine.stats.encoder_runs
     [greedy_only] = llm.transcribe([audio], TranscriptionParams(temperature=0.0))
     assert greedy_only.segments[0].compression_ratio > 2.4 and greedy_only.segments[0].temperature == 0.0
-    [result] = llm.transcribe([audio], TranscriptionParams(seed=3))
+    # Greedy decoding runs away (far more "thank you"s than spoken); a threshold that real repetition passes
+    # sends the window to a hotter retry, which is kept.
+    [result] = llm.transcribe([audio], TranscriptionParams(seed=3, compression_ratio_threshold=12))
     assert result.segments and all(s.temperature > 0.0 for s in result.segments)  # fell back
+    assert all(s.compression_ratio <= 12 for s in result.segments)
+    assert len(result.text) < len(greedy_only.text) / 2
     assert llm.engine.stats.encoder_runs - before == 2  # one window, encoded once per transcribe call
     assert "thank you" in result.text.lower()
+
+
+def test_when_every_temperature_fails_the_most_likely_attempt_is_kept(tiny_en, speech_dir):
+    clip = synthesize(" ".join(["thank you."] * 14), speech_dir / "repeat3.wav")
+    audio = load_audio(clip.path)
+    machine = LongFormTranscription(tiny_en, audio, TranscriptionParams(seed=3), "all-fail")
+    while (job := machine.next_job()) is not None:
+        machine.on_result(job, run_job_with_reference(tiny_en, job))
+    result = machine.result()
+    assert machine.fallbacks == 5  # every temperature of the schedule was tried
+    assert result.segments[0].temperature == 0.0  # all repetitive: the greedy decode is the most likely
 
 
 def test_fallback_on_the_engine_equals_the_reference_loop(tiny_en, speech_dir):

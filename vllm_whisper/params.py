@@ -24,7 +24,8 @@ class TranscriptionParams:
     max_initial_timestamp: latest allowed first timestamp of a window, in seconds.
     temperature: the fallback schedule: decode at the first temperature; when the result is too repetitive
         (compression ratio above compression_ratio_threshold) or too unlikely (average log-probability below
-        logprob_threshold), retry the window at the next one. Retries reuse the window's encoder output.
+        logprob_threshold), retry the window at the next one. Retries reuse the window's encoder output. When every
+        temperature fails, the most likely attempt that is not repetitive is kept.
     compression_ratio_threshold / logprob_threshold: the fallback triggers (None disables each).
     no_speech_threshold: a window whose no-speech probability exceeds this while its average log-probability is
         below logprob_threshold is treated as silence and skipped.

@@ -10,7 +10,8 @@ from pathlib import Path
 from vllm_whisper.audio.decode import AudioDecodeError
 from vllm_whisper.model_executor.errors import ModelLoadError
 
-OUTPUT_FORMATS = ("jsonl", "text", "srt", "vtt")
+OUTPUT_FORMATS = ("jsonl", "json", "text", "srt", "vtt", "verbose_json", "tsv")
+EXTENSIONS = {"jsonl": "json", "text": "txt", "verbose_json": "json"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
     tr.add_argument("--beam-size", type=int, default=1, help="beams for beam search (1: greedy)")
+    tr.add_argument("--word-timestamps", action="store_true",
+                    help="time every word (verbose_json lists them; subtitles snap to words)")
+    tr.add_argument("--chunking-strategy", choices=("sequential", "parallel"), default="sequential",
+                    help="sequential seek with the reference semantics, or 30 s pieces cut at pauses decoded at once")
+    tr.add_argument("--vad-filter", action="store_true", help="drop non-speech with silero-vad before decoding")
+    tr.add_argument("--initial-prompt", default=None, help="text that conditions the first window")
+    tr.add_argument("--temperature", type=float, default=0.0,
+                    help="first decoding temperature; failed windows retry hotter in steps of 0.2 up to 1.0")
+    tr.add_argument("--no-condition-on-previous-text", action="store_true",
+                    help="do not prompt each window with the previous text")
     tr.add_argument("--max-num-seqs", type=int, default=64, help="most windows decoding at once")
     tr.add_argument("--kv-cache-space", type=float, default=4.0,
                     help="GiB of CPU memory for the KV cache (self-attention blocks + cross-attention slots)")
@@ -53,16 +64,21 @@ def main(argv: list[str] | None = None) -> int:
 def _transcribe(args: argparse.Namespace) -> int:
     from vllm_whisper.config import EngineConfig
     from vllm_whisper.entrypoints.llm import LLM
-    from vllm_whisper.outputs.subtitles import to_srt, to_vtt
+    from vllm_whisper.outputs.formats import render_text
     from vllm_whisper.params import TranscriptionParams
 
     fmt = args.output_format
-    if fmt in ("srt", "vtt") and len(args.files) > 1 and args.output_dir is None:
+    if fmt not in ("jsonl", "text") and len(args.files) > 1 and args.output_dir is None:
         print(f"error: {fmt} output of several files needs --output-dir", file=sys.stderr)
         return 2
     try:
-        params = TranscriptionParams(task=args.task, language=args.language, timestamps=not args.no_timestamps,
-                                     beam_size=args.beam_size)
+        temperatures = tuple(round(args.temperature + 0.2 * i, 2)
+                             for i in range(int((1.0 - args.temperature) / 0.2 + 1e-6) + 1)) or (args.temperature,)
+        params = TranscriptionParams(
+            task=args.task, language=args.language, timestamps=not args.no_timestamps, beam_size=args.beam_size,
+            word_timestamps=args.word_timestamps, chunking_strategy=args.chunking_strategy,
+            vad_filter=args.vad_filter, initial_prompt=args.initial_prompt, temperature=temperatures,
+            condition_on_previous_text=not args.no_condition_on_previous_text)
         engine_config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
                                      gpu_memory_utilization=args.gpu_memory_utilization)
         llm = LLM(model=args.model, dtype=args.dtype, device=args.device, engine_config=engine_config)
@@ -96,15 +112,12 @@ def _transcribe(args: argparse.Namespace) -> int:
             body = json.dumps({
                 "file": file, "text": result.text, "language": result.language, "duration": result.duration,
             }, ensure_ascii=False) + "\n"
-        elif fmt == "text":
-            body = result.text + "\n"
-        elif fmt == "srt":
-            body = to_srt(result.segments)
         else:
-            body = to_vtt(result.segments)
+            granularities = ("segment", "word") if args.word_timestamps else ("segment",)
+            body = render_text(result, fmt, task=args.task, timestamp_granularities=granularities)
         if args.output_dir is not None:
             args.output_dir.mkdir(parents=True, exist_ok=True)
-            extension = "json" if fmt == "jsonl" else ("txt" if fmt == "text" else fmt)
+            extension = EXTENSIONS.get(fmt, fmt)
             (args.output_dir / f"{Path(file).stem}.{extension}").write_text(body, encoding="utf-8")
         else:
             sys.stdout.write(body)

@@ -106,6 +106,7 @@ class LongFormTranscription:
         self._all_tokens: list[int] = tok.encode(" " + params.initial_prompt.strip()) if params.initial_prompt else []
         self._prompt_reset_since = 0
         self._last_speech_timestamp = 0.0
+        self._failed_attempts: list[tuple[JobResult, float]] = []  # this window's decodes that needed a fallback
 
     @property
     def done(self) -> bool:
@@ -154,11 +155,15 @@ class LongFormTranscription:
         window_frames = min(N_FRAMES, self.content_frames - self.seek)
         text = tok.decode(result.tokens)
         window_ratio = compression_ratio(text)
-        if self._needs_fallback(result, window_ratio) and self._temperature_index + 1 < len(self.params.temperature):
-            self._temperature_index += 1  # retry this window hotter; the job reuses its encoder output
-            self.fallbacks += 1
-            return
+        if self._needs_fallback(result, window_ratio):
+            self._failed_attempts.append((result, window_ratio))
+            if self._temperature_index + 1 < len(self.params.temperature):
+                self._temperature_index += 1  # retry this window hotter; the job reuses its encoder output
+                self.fallbacks += 1
+                return
+            result, window_ratio = self._best_attempt()
         self._temperature_index = 0
+        self._failed_attempts = []
         if self._is_silence(result):
             self.seek += window_frames
             self.skipped_windows += 1
@@ -236,6 +241,13 @@ class LongFormTranscription:
                 and p.logprob_threshold is not None and result.avg_logprob < p.logprob_threshold):
             needs = False  # silence: no temperature will find speech here
         return needs
+
+    def _best_attempt(self) -> tuple[JobResult, float]:
+        """Every temperature failed the checks: keep the most likely attempt that is not repetitive (as
+        faster-whisper does; the reference keeps the last, hottest one, which is usually the worst)."""
+        threshold = self.params.compression_ratio_threshold
+        candidates = [a for a in self._failed_attempts if threshold is None or a[1] <= threshold]
+        return max(candidates or self._failed_attempts, key=lambda attempt: attempt[0].avg_logprob)
 
     def _is_silence(self, result: JobResult) -> bool:
         p = self.params
