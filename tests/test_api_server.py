@@ -189,3 +189,25 @@ def test_disconnecting_mid_stream_frees_the_cache(server, story):
     assert stats.num_free_kv_blocks == stats.num_kv_blocks
     assert stats.num_free_cross_slots == stats.num_cross_slots
     assert server.state.service.in_progress == 0
+
+
+def test_word_timestamps_and_chunking_strategy(client, story):
+    path, text = story
+    with open(path, "rb") as f:
+        verbose = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json",
+                                                     timestamp_granularities=["word", "segment"])
+    assert verbose.words and verbose.segments
+    assert all(0 <= w.start <= w.end <= verbose.duration for w in verbose.words)
+    assert all(a.start <= b.start for a, b in zip(verbose.words, verbose.words[1:]))
+    with open(path, "rb") as f:
+        words_only = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json",
+                                                        timestamp_granularities=["word"])
+    assert words_only.words and not words_only.segments
+    with open(path, "rb") as f:
+        chunked = client.audio.transcriptions.create(model="whisper-1", file=f, chunking_strategy="auto")
+    assert words_match(text, chunked.text)
+    with open(path, "rb") as f:
+        vad = client.audio.transcriptions.create(
+            model="whisper-1", file=f, chunking_strategy={"type": "server_vad", "threshold": 0.5,
+                                                          "silence_duration_ms": 300})
+    assert words_match(text, vad.text)

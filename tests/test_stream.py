@@ -83,3 +83,16 @@ def test_closing_the_stream_early_frees_the_cache(engine, long_audio):
     assert stats.num_free_kv_blocks == stats.num_kv_blocks
     assert stats.num_free_cross_slots == stats.num_cross_slots
     assert stats.num_running == 0 and stats.num_waiting == 0
+
+
+def test_parallel_pieces_stream_in_time_order_and_match_offline(engine, tiny_en, long_audio):
+    params = TranscriptionParams(chunking_strategy="parallel", word_timestamps=True, temperature=0.0)
+    events = asyncio.run(collect(engine, long_audio, params, "s4"))
+    [expected] = transcribe_batch(LLMEngine(tiny_en, EngineConfig(kv_cache_space_gib=0.25)), [long_audio], params)
+    result = events[-1].result
+    assert result.text == expected.text
+    segments = [e.segment for e in events if isinstance(e, SegmentClosed)]
+    assert [(s.id, s.start, s.end) for s in segments] == [(s.id, s.start, s.end) for s in expected.segments]
+    assert all(a.start <= b.start for a, b in zip(segments, segments[1:]))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)).strip() == result.text
+    assert all(s.words for s in result.segments)

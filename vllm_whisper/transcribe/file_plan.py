@@ -52,6 +52,12 @@ class FileTranscription:
         else:
             self.pieces = [Piece(LongFormTranscription(loaded, audio, params, f"{name}/0"), _shift(0.0))]
         self._owner = {piece.machine.name: piece for piece in self.pieces}
+        self._streamed_segments = 0
+
+    def next_segment_id(self) -> int:
+        """Numbers segments sent while streaming, in file order (they match result()'s ids)."""
+        self._streamed_segments += 1
+        return self._streamed_segments - 1
 
     # --- driving ----------------------------------------------------------------------------------
     @property

@@ -196,8 +196,10 @@ class LongFormTranscription:
 
     def preview_segments(self, partial_tokens: list[int]) -> list[Segment]:
         """Segments already closed by a timestamp pair in the partial output of the window in flight: what
-        on_result will keep for them unless a fallback retry replaces the window (streaming sends them early)."""
-        if self._in_flight is None or self._in_flight.kind != "transcribe" or not self.params.timestamps:
+        on_result will keep for them unless a fallback retry replaces the window (streaming sends them early).
+        With word timestamps there are none: word alignment moves the times once the window is done."""
+        if (self._in_flight is None or self._in_flight.kind != "transcribe" or not self.params.timestamps
+                or self.params.word_timestamps):
             return []
         tok = self.loaded.tokenizer
         closed = [i + 1 for i in range(len(partial_tokens) - 1)
