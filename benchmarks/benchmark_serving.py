@@ -141,6 +141,7 @@ def summarize(system: str, outcomes: list[Outcome], wall: float) -> dict:
         "e2e_p99_s": percentile(latencies, 99), "ttft_p50_s": percentile(ttfts, 50),
         "ttft_p99_s": percentile(ttfts, 99), "itl_mean_s": statistics.fmean(gaps) if gaps else None,
         "sample_errors": sorted({o.error for o in outcomes if o.error})[:3],
+        "latencies_s": [round(v, 4) for v in latencies], "ttfts_s": [round(v, 4) for v in ttfts],
     }
     return row
 
