@@ -34,6 +34,8 @@ class TranscriptionParams:
     condition_on_previous_text: give each window the previous windows' text as a prompt (reset after a window
         decoded at temperature > 0.5, which stops runaway repetition).
     initial_prompt: text that conditions the first window (spellings, names, style).
+    prefix: text the first window's transcript is forced to start with (the decoder continues after it); live
+        transcription passes the words already sent, so later passes only extend them. Needs timestamps=False.
     seed: makes temperature sampling reproducible.
     beam_size: 1 decodes greedily; more runs beam search with that many beams (openai-whisper's CLI uses 5).
     patience: beam search ends once round(beam_size * patience) hypotheses have finished.
@@ -64,6 +66,7 @@ class TranscriptionParams:
     silence_threshold_db: float | None = -60.0
     condition_on_previous_text: bool = True
     initial_prompt: str | None = None
+    prefix: str | None = None
     seed: int | None = None
     beam_size: int = 1
     patience: float = 1.0
@@ -95,6 +98,8 @@ class TranscriptionParams:
             raise ValueError(f"patience must be positive, got {self.patience}")
         if self.length_penalty is not None and not 0.0 <= self.length_penalty <= 1.0:
             raise ValueError(f"length_penalty must be between 0 and 1, got {self.length_penalty}")
+        if self.prefix and self.timestamps:
+            raise ValueError("a forced prefix needs timestamps=False (timestamp tokens must come first)")
         if self.chunking_strategy not in CHUNKING_STRATEGIES:
             raise ValueError(f"chunking_strategy must be one of {CHUNKING_STRATEGIES}, got {self.chunking_strategy!r}")
         if not 0.0 < self.vad_threshold < 1.0:

@@ -14,8 +14,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +29,7 @@ from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.openai.errors import OpenAIError
+from vllm_whisper.entrypoints.openai.realtime import RealtimeSession, check_websocket_key
 from vllm_whisper.entrypoints.openai.serving_transcription import ServingLimits, TranscriptionService
 from vllm_whisper.model_executor.loader import LoadedModel, load_model
 
@@ -86,7 +88,9 @@ def create_state(args: argparse.Namespace) -> ServerState:
     loaded = load_model(args.model, dtype=args.dtype, device=device)
     config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
                           gpu_memory_utilization=args.gpu_memory_utilization)
-    engine = AsyncLLMEngine(LLMEngine(loaded, config))
+    llm_engine = LLMEngine(loaded, config)
+    warm_up(llm_engine)
+    engine = AsyncLLMEngine(llm_engine)
     served = args.served_model_name or [args.model, "whisper-1"]
     metrics = ServerMetrics.create(served[0])
     limits = ServingLimits(
@@ -97,6 +101,21 @@ def create_state(args: argparse.Namespace) -> ServerState:
     )
     service = TranscriptionService(engine, served, limits, metrics)
     return ServerState(loaded, engine, service, metrics, served, args.api_key, int(time.time()))
+
+
+def warm_up(engine: LLMEngine) -> None:
+    """Run one short window through the engine and load the VAD model, so the first client does not pay for
+    lazy initialisation (kernel selection, allocator growth, model files)."""
+    from vllm_whisper.audio.vad import speech_probabilities
+    from vllm_whisper.params import TranscriptionParams
+    from vllm_whisper.transcribe.batch import transcribe_batch
+
+    noise = np.random.default_rng(0).normal(0, 0.01, 16000).astype(np.float32)
+    started = time.perf_counter()
+    transcribe_batch(engine, [noise], TranscriptionParams(max_new_tokens=8, temperature=(0.0,),
+                                                          silence_threshold_db=None))
+    speech_probabilities(noise)
+    logger.info("warm-up done in %.2f s", time.perf_counter() - started)
 
 
 def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> FastAPI:
@@ -129,6 +148,29 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
             raise OpenAIError(400, f"The English-only model {state.served_names[0]!r} cannot translate; serve a "
                               "multilingual model such as 'base'.", param="model")
         return await state.service.handle(request, "translate")
+
+    @app.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket) -> None:
+        intent = websocket.query_params.get("intent", "transcription")
+        if not check_websocket_key(websocket, state.api_key):
+            error = OpenAIError(401, "Missing or wrong API key: send `Authorization: Bearer <key>`.",
+                                code="invalid_api_key")
+            if "websocket.http.response" in websocket.scope.get("extensions", {}):
+                await websocket.send_denial_response(JSONResponse(error.body(), 401, headers=error.headers()))
+            else:
+                await websocket.close(code=1008, reason="missing or wrong API key")
+            return
+        subprotocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        await websocket.accept(subprotocol="realtime" if "realtime" in subprotocols else None)
+        if intent != "transcription":
+            await websocket.send_json({"type": "error", "error": {
+                "type": "invalid_request_error", "code": "unsupported_intent", "param": "intent", "event_id": None,
+                "message": "this server supports intent=transcription only"}})
+            await websocket.close(code=1003)
+            return
+        session = RealtimeSession(websocket, state.engine, state.served_names,
+                                  state.loaded.tokenizer.is_multilingual)
+        await session.run()
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -14,7 +14,7 @@ job on the first window, whose encoder output the transcription job then reuses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ class WindowJob:
     params: SamplingParams
     kind: str  # "language" or "transcribe"
     audio_seconds: float
+    forced_prefix: list[int] = field(default_factory=list)  # prompt tokens that belong to the transcript
 
 
 @dataclass
@@ -105,6 +106,7 @@ class LongFormTranscription:
         self._temperature_index = 0  # position in params.temperature for the current window
         self._all_tokens: list[int] = tok.encode(" " + params.initial_prompt.strip()) if params.initial_prompt else []
         self._prompt_reset_since = 0
+        self._prefix_tokens: list[int] = tok.encode(" " + params.prefix.strip()) if params.prefix else []
         self._last_speech_timestamp = 0.0
         self._failed_attempts: list[tuple[JobResult, float]] = []  # this window's decodes that needed a fallback
 
@@ -139,7 +141,11 @@ class LongFormTranscription:
                                     seed=seed, beam_size=beams, patience=self.params.patience,
                                     length_penalty=self.params.length_penalty,
                                     no_speech_index=prompt.index(self.loaded.tokenizer.sot))
-            job = WindowJob(self._job_id("win"), key, features, prompt, params, "transcribe", window_frames / 100)
+            forced = self._prefix_tokens if self.seek == 0 else []
+            if forced:  # the transcript continues after the prefix, which may be complete: allow end-of-text
+                params = replace(params, rules=replace(self.rules, suppress_blank=False))
+            job = WindowJob(self._job_id("win"), key, features, prompt + forced, params, "transcribe",
+                            window_frames / 100, forced)
         self._in_flight = job
         return job
 
@@ -152,6 +158,8 @@ class LongFormTranscription:
             self.language = tok.id_to_language[result.tokens[0]]
             self.language_probability = math.exp(result.sum_logprob)
             return
+        if job.forced_prefix:
+            result = replace(result, tokens=job.forced_prefix + result.tokens)
         window_frames = min(N_FRAMES, self.content_frames - self.seek)
         text = tok.decode(result.tokens)
         window_ratio = compression_ratio(text)

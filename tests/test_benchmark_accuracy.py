@@ -1,0 +1,53 @@
+"""Smoke test: the accuracy benchmark runs end to end in quick mode and writes well-formed results (not values)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMESTAMP_FIELDS = {"system", "segments", "start_mae_s", "starts_within", "sentences_hit", "wer", "starts"}
+
+
+def expected_wer_systems() -> set[str]:
+    systems = {"vllm-whisper", "transformers (fp32)"}
+    if importlib.util.find_spec("faster_whisper") is not None:
+        systems.add("faster-whisper (int8)")
+    return systems
+
+
+def test_benchmark_accuracy_quick_run(tmp_path):
+    out = tmp_path / "accuracy.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "benchmark_accuracy.py"), "--quick", "--json",
+                           str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("Machine:") == 2 and "WER," in done.stdout and "Segment starts," in done.stdout
+
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "accuracy" and data["model"] == "tiny.en" and data["machine"]
+    assert list(data["variants"]) == ["clean", "noise"]
+    assert len(data["clips"]) == 6 and {c["variant"] for c in data["clips"]} == {"clean", "noise"}
+
+    wer = {row["system"]: row for row in data["wer"]}
+    assert set(wer) == expected_wer_systems()
+    for system, row in wer.items():
+        assert 0.0 <= row["overall"] <= 1.0, system
+        assert set(row["per_variant"]) == {"clean", "noise"}, system
+        assert all(0.0 <= v <= 1.0 for v in row["per_variant"].values()), system
+        assert len(row["hypotheses"]) == len(data["clips"]), system
+
+    timestamps = data["timestamps"]
+    assert timestamps["audio_seconds"] > 0 and len(timestamps["true_starts"]) == 4
+    rows = {row["system"]: row for row in timestamps["results"]}
+    expected = {"vllm-whisper", "vllm-whisper, word timestamps", "transformers (fp32)"}
+    if "faster-whisper (int8)" in wer:
+        expected |= {"faster-whisper (int8)", "faster-whisper (int8), word timestamps"}
+    assert set(rows) == expected
+    for system, row in rows.items():
+        assert set(row) == TIMESTAMP_FIELDS, system
+        assert row["segments"] == len(row["starts"]) > 0, system
+        assert row["start_mae_s"] >= 0 and 0 <= row["starts_within"] <= 1 and 0 <= row["sentences_hit"] <= 1, system
+        assert 0 <= row["wer"] <= 1, system
