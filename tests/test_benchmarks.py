@@ -61,3 +61,20 @@ def test_benchmark_serving_short_run(tmp_path):
     for row in data["results"]:
         assert row["ok"] >= 1 and row["errors_5xx"] == 0 and row["lost"] == 0
         assert row["ttft_p50_s"] > 0 and row["e2e_p99_s"] >= row["e2e_p50_s"] > 0 and row["rtfx"] > 0
+
+
+def test_benchmark_realtime_short_run(tmp_path):
+    out = tmp_path / "realtime.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "benchmark_realtime.py"), "--utterances", "1", "--sentences", "1",
+         "--json", str(out)], capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Machine:" in done.stdout
+    data = json.loads(out.read_text())
+    systems = [row["system"] for row in data["results"]]
+    assert systems == ["vllm-whisper realtime, server VAD", "vllm-whisper realtime, client commit",
+                       "faster-whisper int8, whole utterance at end"]
+    for row in data["results"]:
+        assert row["failed"] == 0 and row["completed_after_commit_mean_s"] > 0 and 0 <= row["wer"] <= 1
+    assert data["results"][0]["first_delta_mean_s"] > 0
