@@ -1,11 +1,23 @@
 """Build and install vllm-whisper (`pip install -e .[test,models]`)."""
 
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 VERSION = "0.1.0"
+
+
+def _extension() -> dict:
+    """vllm_whisper._C where torch is importable (scripts/build_ext.sh, --no-build-isolation); see csrc/setup_ext.py."""
+    sys.path.insert(0, str(ROOT / "csrc"))
+    try:
+        from setup_ext import extension_kwargs
+    except ImportError:  # a source tree without csrc/
+        return {}
+    return extension_kwargs()
+
 
 setup(
     name="vllm-whisper",
@@ -37,4 +49,5 @@ setup(
         "bench": ["faster-whisper", "aiohttp>=3.9", "matplotlib>=3.8", "tqdm>=4.66"],
     },
     entry_points={"console_scripts": ["vllm-whisper=vllm_whisper.entrypoints.cli:main"]},
+    **_extension(),
 )

@@ -1,0 +1,32 @@
+// Declarations of the vllm_whisper ops; schemas live in torch_bindings.cpp, argument checks in checks.h.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace vllm_whisper {
+
+// Self-attention K/V of new tokens into the paged cache: key_cache.view(-1, heads, head_dim)[slot] = key[i]
+// for every i with slot_mapping[i] >= 0, converted to the cache dtype.
+void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                           at::Tensor& value_cache, const at::Tensor& slot_mapping);
+
+// Cross-attention K/V of whole windows into their slots: key_cache[slots[b]] = key[b] for slots[b] >= 0.
+void reshape_and_cache_cross_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                                 at::Tensor& value_cache, const at::Tensor& slots);
+
+// Whisper's logits rules for a batch, in place (see checks.h for the tensor layout).
+void apply_whisper_logits_rules_cpu(at::Tensor& logits, const at::Tensor& output_tokens,
+                                    const at::Tensor& output_lens, const at::Tensor& row_config,
+                                    const at::Tensor& suppress_tokens, const at::Tensor& begin_suppress_tokens);
+
+#ifdef VLLM_WHISPER_CUDA
+void reshape_and_cache_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                            at::Tensor& value_cache, const at::Tensor& slot_mapping);
+void reshape_and_cache_cross_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                                  at::Tensor& value_cache, const at::Tensor& slots);
+void apply_whisper_logits_rules_cuda(at::Tensor& logits, const at::Tensor& output_tokens,
+                                     const at::Tensor& output_lens, const at::Tensor& row_config,
+                                     const at::Tensor& suppress_tokens, const at::Tensor& begin_suppress_tokens);
+#endif
+
+}  // namespace vllm_whisper
