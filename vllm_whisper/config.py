@@ -17,6 +17,7 @@ class EngineConfig:
     kv_cache_space_gib: CPU memory for the self-attention blocks and cross-attention slots together.
     gpu_memory_utilization: fraction of GPU memory the process may use in total (GPU only).
     num_kv_blocks / num_cross_slots: exact pool sizes, overriding the budget (tests and tuning).
+    attention_backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton" or "xformers" (if installed).
     """
 
     max_num_seqs: int = 64
@@ -27,6 +28,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     num_kv_blocks: int | None = None
     num_cross_slots: int | None = None
+    attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
         positive = ("max_num_seqs", "max_num_batched_tokens", "max_encoder_windows_per_step", "block_size")
@@ -41,6 +43,9 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.attention_backend not in ("auto", "torch", "triton", "xformers"):
+            raise ValueError(f"attention_backend must be auto, torch, triton or xformers, "
+                             f"got {self.attention_backend!r}")
 
     def encoder_windows_per_step(self, device_type: str) -> int:
         if self.max_encoder_windows_per_step is not None:

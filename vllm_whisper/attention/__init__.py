@@ -1,1 +1,2 @@
-"""Attention backends over the engine's caches: a torch reference (CPU and test oracle) now, Triton later."""
+"""Attention backends over the engine's caches: the torch reference (CPU and test oracle), Triton and optional
+xformers; selector.py picks one (--attention-backend)."""

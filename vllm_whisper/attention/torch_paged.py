@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vllm_whisper import _custom_ops as ops
 from vllm_whisper.attention.metadata import PagedAttentionMetadata
 from vllm_whisper.engine.kv_cache import KVCacheTensors
 
@@ -26,15 +27,14 @@ class TorchPagedAttention:
         valid = keys[None, None, :] < metadata.context_lens[:, None, None]
         causal = keys[None, None, :] <= query_pos[:, :, None]
         self.mask = (valid & causal)[:, None]  # (B, 1, T, L)
-        self.write = metadata.slot_mapping >= 0
-        self.write_slots = metadata.slot_mapping[self.write]
 
     def self_attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         heads, head_dim = q.shape[1], q.shape[3]
         flat_k = self.cache.self_k[layer].view(-1, heads, head_dim)
         flat_v = self.cache.self_v[layer].view(-1, heads, head_dim)
-        flat_k[self.write_slots] = k.transpose(1, 2)[self.write].to(flat_k.dtype)
-        flat_v[self.write_slots] = v.transpose(1, 2)[self.write].to(flat_v.dtype)
+        # Store the new tokens' K/V (the vllm_whisper._C op when built; padding slots are -1 and skipped).
+        ops.reshape_and_cache(k.transpose(1, 2), v.transpose(1, 2), self.cache.self_k[layer],
+                              self.cache.self_v[layer], self.meta.slot_mapping)
         keys = flat_k[self.meta.key_slots].transpose(1, 2).to(q.dtype)  # (B, H, L, D)
         values = flat_v[self.meta.key_slots].transpose(1, 2).to(q.dtype)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask)

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vllm_whisper.attention.selector import get_attention_backend
+from vllm_whisper import _custom_ops as ops
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, allocate_tensors, plan_pools
 from vllm_whisper.engine.model_runner import ModelRunner
 from vllm_whisper.engine.beam_search import beam_update, finalize
 from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus, Sequence
-from vllm_whisper.engine.sampler import SamplingParams, apply_rules, sample
+from vllm_whisper.engine.sampler import SamplingParams, sample
 from vllm_whisper.engine.scheduler import Scheduler, blocks_for
 from vllm_whisper.engine.windows import WindowRegistry
 from vllm_whisper.model_executor.loader import LoadedModel
@@ -55,7 +57,8 @@ class LLMEngine:
         self.slot_pool = SlotPool(num_slots)
         cache = allocate_tensors(loaded.config, num_blocks, num_slots, self.config.block_size, model.dtype,
                                  model.device)
-        self.runner = ModelRunner(model, cache, loaded.tokenizer.special.no_speech)
+        backend = get_attention_backend(self.config.attention_backend, model.device, loaded.config.head_dim)
+        self.runner = ModelRunner(model, cache, loaded.tokenizer.special.no_speech, backend)
         self.windows = WindowRegistry(self.slot_pool)
         self.scheduler = Scheduler(self.config, self.block_pool, self.slot_pool,
                                    self.config.encoder_windows_per_step(model.device.type))
@@ -166,7 +169,9 @@ class LLMEngine:
 
     def _run_group(self, seqs: list[Sequence]) -> list[RequestOutput]:
         step = self.runner.run(seqs)
-        ruled = apply_rules(step.logits, [s.request.params.rules for s in seqs], [s.output for s in seqs])
+        # Whisper's rules for every row at once (the vllm_whisper._C op when built, else sampler.apply_rules).
+        ruled = ops.apply_whisper_logits_rules(step.logits, [s.request.params.rules for s in seqs],
+                                               [s.output for s in seqs])
         now = time.monotonic()
         beam_rows: dict[str, list[int]] = {}
         plain_rows: list[int] = []

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vllm_whisper import _custom_ops as ops
 from vllm_whisper.attention.metadata import PagedAttentionMetadata
-from vllm_whisper.attention.torch_paged import TorchPagedAttention
+from vllm_whisper.attention.selector import AttentionBackend, get_attention_backend, use_encoder_attention
 from vllm_whisper.engine.kv_cache import KVCacheTensors
 from vllm_whisper.engine.request import Request, Sequence
 from vllm_whisper.model_executor.whisper import WhisperModel
@@ -29,8 +30,10 @@ class StepLogits:
 
 
 class ModelRunner:
-    def __init__(self, model: WhisperModel, cache: KVCacheTensors, no_speech_token: int):
+    def __init__(self, model: WhisperModel, cache: KVCacheTensors, no_speech_token: int,
+                 backend: AttentionBackend | None = None):
         self.model = model
+        self.backend = backend or get_attention_backend("torch", model.device)
         self.cache = cache
         self.no_speech_token = no_speech_token
         self.counters = RunnerCounters()
@@ -39,12 +42,12 @@ class ModelRunner:
     def encode(self, requests: list[Request]) -> None:
         """Encode the windows of newly admitted requests and write their cross K/V into their slots."""
         features = torch.stack([r.features for r in requests]).to(self.model.device)
-        encoder_out = self.model.encode(features)
+        with use_encoder_attention(self.backend.encoder):
+            encoder_out = self.model.encode(features)
         cross_kv = self.model.compute_cross_kv(encoder_out)
         slots = torch.tensor([r.cross_slot for r in requests], device=self.model.device)
-        for layer, (k, v) in enumerate(cross_kv):
-            self.cache.cross_k[layer][slots] = k.to(self.cache.cross_k[layer].dtype)
-            self.cache.cross_v[layer][slots] = v.to(self.cache.cross_v[layer].dtype)
+        for layer, (k, v) in enumerate(cross_kv):  # vllm_whisper._C op when built, else the same torch copy
+            ops.reshape_and_cache_cross(k, v, self.cache.cross_k[layer], self.cache.cross_v[layer], slots)
         self.counters.encoder_runs += len(requests)
         self.counters.cross_kv_projections += len(requests)
 
@@ -73,7 +76,7 @@ class ModelRunner:
             [r.block_table for r in seqs], [r.num_computed for r in seqs], [len(f) for f in feeds],
             [r.request.cross_slot for r in seqs], self.cache.block_size, device,
         )
-        hidden = self.model.decode(tokens.to(device), positions.to(device), TorchPagedAttention(self.cache, metadata))
+        hidden = self.model.decode(tokens.to(device), positions.to(device), self.backend.decoder(self.cache, metadata))
         last = torch.tensor([len(f) - 1 for f in feeds], device=device)
         logits = self.model.compute_logits(hidden[torch.arange(len(seqs), device=device), last])
         no_speech: list[float | None] = []

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="GiB of CPU memory for the KV cache (self-attention blocks + cross-attention slots)")
     tr.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                     help="fraction of GPU memory to use in total (CUDA only)")
+    tr.add_argument("--attention-backend", choices=("auto", "torch", "triton", "xformers"), default="auto",
+                    help="attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton, xformers")
     serve = commands.add_parser("serve", help="run the OpenAI-compatible server (same flags as "
                                 "python -m vllm_whisper.entrypoints.api_server)")
     from vllm_whisper.entrypoints.api_server import add_server_arguments
@@ -80,7 +82,8 @@ def _transcribe(args: argparse.Namespace) -> int:
             vad_filter=args.vad_filter, initial_prompt=args.initial_prompt, temperature=temperatures,
             condition_on_previous_text=not args.no_condition_on_previous_text)
         engine_config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
-                                     gpu_memory_utilization=args.gpu_memory_utilization)
+                                     gpu_memory_utilization=args.gpu_memory_utilization,
+                                     attention_backend=args.attention_backend)
         llm = LLM(model=args.model, dtype=args.dtype, device=args.device, engine_config=engine_config)
         if params.task == "translate" and not llm.tokenizer.is_multilingual:
             raise ValueError(f"The English-only model {args.model!r} cannot translate; use a multilingual model.")

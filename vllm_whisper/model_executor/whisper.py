@@ -18,6 +18,8 @@ from vllm_whisper.model_executor.interfaces import AudioConfig, SupportsTranscri
 from vllm_whisper.model_executor.whisper_config import WhisperConfig
 
 CrossKV = list[tuple[Tensor, Tensor]]  # per decoder layer: (k, v), each (batch, heads, 1500, head_dim)
+# The encoder's self-attention (q, k, v) -> out; attention.selector.use_encoder_attention swaps in a kernel.
+encoder_self_attention = F.scaled_dot_product_attention
 
 
 class DecoderAttention(Protocol):
@@ -77,7 +79,7 @@ class EncoderLayer(nn.Module):
         h = self.self_attn_layer_norm(x)
         q = self.self_attn.split_heads(self.self_attn.q_proj(h))
         k, v = self.self_attn.project_kv(h)
-        x = x + self.self_attn.merge_heads(F.scaled_dot_product_attention(q, k, v))
+        x = x + self.self_attn.merge_heads(encoder_self_attention(q, k, v))
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
 
