@@ -15,6 +15,7 @@ import numpy as np
 
 from vllm_whisper.audio.decode import SAMPLE_RATE
 from vllm_whisper.audio.features import CHUNK_SECONDS
+from vllm_whisper.audio.spans import SampleSpan
 from vllm_whisper.audio.vad import SpeechSpan, check_spans, validate_audio
 
 FRAME_SAMPLES = 320  # 20 ms energy frames...
@@ -24,27 +25,8 @@ QUIET_MARGIN_DB = 3.0  # frames within this much of the quietest frame count as 
 
 
 @dataclass(frozen=True)
-class Chunk:
+class Chunk(SampleSpan):
     """One piece of the audio, [start, end) in samples at 16 kHz."""
-
-    start: int
-    end: int
-
-    @property
-    def start_s(self) -> float:
-        return self.start / SAMPLE_RATE
-
-    @property
-    def end_s(self) -> float:
-        return self.end / SAMPLE_RATE
-
-    @property
-    def duration_s(self) -> float:
-        return (self.end - self.start) / SAMPLE_RATE
-
-    @property
-    def num_samples(self) -> int:
-        return self.end - self.start
 
 
 def plan_chunks(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vllm_whisper.audio.decode import SAMPLE_RATE
+from vllm_whisper.audio.spans import SampleSpan
 
 FRAME_SAMPLES = 512  # the 16 kHz model scores 32 ms frames
 CONTEXT_SAMPLES = 64  # ...each preceded by the last 4 ms of the previous frame
@@ -30,27 +31,8 @@ STATE_SHAPE = (2, 1, 128)  # the LSTM's (h, c) state for a batch of one
 
 
 @dataclass(frozen=True)
-class SpeechSpan:
+class SpeechSpan(SampleSpan):
     """A stretch of speech, [start, end) in samples at 16 kHz."""
-
-    start: int
-    end: int
-
-    @property
-    def start_s(self) -> float:
-        return self.start / SAMPLE_RATE
-
-    @property
-    def end_s(self) -> float:
-        return self.end / SAMPLE_RATE
-
-    @property
-    def duration_s(self) -> float:
-        return (self.end - self.start) / SAMPLE_RATE
-
-    @property
-    def num_samples(self) -> int:
-        return self.end - self.start
 
 
 # ---------------------------------------------------------------------------------------------------- the model
