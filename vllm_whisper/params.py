@@ -8,6 +8,14 @@ from vllm_whisper.languages import normalize_language
 
 TASKS = ("transcribe", "translate")
 CHUNKING_STRATEGIES = ("sequential", "parallel")
+TEMPERATURE_STEP = 0.2
+
+
+def fallback_temperatures(start: float = 0.0) -> tuple[float, ...]:
+    """The fallback schedule from `start` up to 1.0 in steps of 0.2 (OpenAI's `temperature`: 0 means greedy,
+    then hotter retries); (start,) when start is above 1."""
+    steps = int((1.0 - start) / TEMPERATURE_STEP + 1e-6) + 1 if start <= 1.0 else 1
+    return tuple(round(start + TEMPERATURE_STEP * i, 2) for i in range(steps))
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ class TranscriptionParams:
     suppress_tokens: tuple[int, ...] | None = None
     suppress_blank: bool = True
     max_initial_timestamp: float = 1.0
-    temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    temperature: tuple[float, ...] = fallback_temperatures(0.0)
     compression_ratio_threshold: float | None = 2.4
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6

@@ -67,19 +67,18 @@ def _transcribe(args: argparse.Namespace) -> int:
     from vllm_whisper.config import EngineConfig
     from vllm_whisper.entrypoints.llm import LLM
     from vllm_whisper.outputs.formats import render_text
-    from vllm_whisper.params import TranscriptionParams
+    from vllm_whisper.params import TranscriptionParams, fallback_temperatures
 
     fmt = args.output_format
     if fmt not in ("jsonl", "text") and len(args.files) > 1 and args.output_dir is None:
         print(f"error: {fmt} output of several files needs --output-dir", file=sys.stderr)
         return 2
     try:
-        temperatures = tuple(round(args.temperature + 0.2 * i, 2)
-                             for i in range(int((1.0 - args.temperature) / 0.2 + 1e-6) + 1)) or (args.temperature,)
         params = TranscriptionParams(
             task=args.task, language=args.language, timestamps=not args.no_timestamps, beam_size=args.beam_size,
             word_timestamps=args.word_timestamps, chunking_strategy=args.chunking_strategy,
-            vad_filter=args.vad_filter, initial_prompt=args.initial_prompt, temperature=temperatures,
+            vad_filter=args.vad_filter, initial_prompt=args.initial_prompt,
+            temperature=fallback_temperatures(args.temperature),
             condition_on_previous_text=not args.no_condition_on_previous_text)
         engine_config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
                                      gpu_memory_utilization=args.gpu_memory_utilization,

@@ -10,10 +10,9 @@ from typing import Any, Mapping
 from vllm_whisper.entrypoints.openai.errors import bad_request
 from vllm_whisper.languages import normalize_language
 from vllm_whisper.outputs.formats import RESPONSE_FORMATS
-from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.params import TranscriptionParams, fallback_temperatures
 
 TIMESTAMP_GRANULARITIES = ("segment", "word")
-TEMPERATURE_STEP = 0.2  # temperature=0 means "start greedy, fall back hotter", as OpenAI documents
 STREAMABLE_FORMATS = ("json", "text", "srt", "vtt")
 
 
@@ -35,12 +34,10 @@ class TranscriptionRequest:
 
     def to_params(self, task: str, max_new_tokens: int) -> TranscriptionParams:
         """The options object the engine runs with."""
-        temperatures = tuple(round(self.temperature + TEMPERATURE_STEP * i, 2)
-                             for i in range(int((1.0 - self.temperature) / TEMPERATURE_STEP + 1e-6) + 1))
         chunking = self.chunking_strategy or {}
         options: dict[str, Any] = dict(
             task=task, language=self.language, initial_prompt=self.prompt or None,
-            temperature=temperatures or (self.temperature,), max_new_tokens=max_new_tokens,
+            temperature=fallback_temperatures(self.temperature), max_new_tokens=max_new_tokens,
             word_timestamps="word" in self.timestamp_granularities,
         )
         if chunking:

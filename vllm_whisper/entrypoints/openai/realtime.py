@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from vllm_whisper.audio.live import LiveAudioBuffer, LiveAudioError, TurnDetector, decode_pcm16
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.languages import normalize_language
-from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.params import TranscriptionParams, fallback_temperatures
 from vllm_whisper.transcribe.incremental import LocalAgreement
 from vllm_whisper.transcribe.stream import TranscriptionFinished, stream_transcription
 
@@ -319,7 +319,7 @@ class RealtimeSession:
         params = TranscriptionParams(
             language=self.config.language if self.multilingual else "en", timestamps=False,
             initial_prompt=self.config.prompt, condition_on_previous_text=False, prefix=prefix or None,
-            temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if final else (0.0,))
+            temperature=fallback_temperatures(0.0) if final else (0.0,))
         async for event in stream_transcription(self.engine, audio, params, f"rt-{self.session_id}-{tag}"):
             if isinstance(event, TranscriptionFinished):
                 return event.result.text
