@@ -49,3 +49,21 @@ def test_language_detection_reuses_the_window(base_model, speech_dir):
     reference = transcribe_sequential(base_model, load_audio(spanish.path), TranscriptionParams())
     assert results[0].text == reference.text and reference.language == "es"
     assert abs(results[0].language_probability - reference.language_probability) < 1e-4
+
+
+def test_word_alignment_reuses_the_windows_cross_kv(tiny_en, speech_dir, monkeypatch):
+    """Word timestamps read the cross K/V the engine's slot already holds: one encoder run per window, and the
+    same words as the reference loop (which re-encodes nothing either: it passes its own window's K/V)."""
+    clip = synthesize("The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background.",
+                      speech_dir / "words_reuse.wav")
+    audio = load_audio(clip.path)
+    params = TranscriptionParams(word_timestamps=True, temperature=0.0)
+    expected = transcribe_sequential(tiny_en, audio, params)
+    calls = []
+    original = tiny_en.model.encode
+    monkeypatch.setattr(tiny_en.model, "encode", lambda mel: calls.append(mel.shape[0]) or original(mel))
+    engine = LLMEngine(tiny_en, EngineConfig(kv_cache_space_gib=0.25))
+    [got] = transcribe_batch(engine, [audio], params)
+    assert sum(calls) == 1 == engine.stats.encoder_runs  # the window's encoder run, nothing for alignment
+    words = [(w.word, w.start, w.end) for s in got.segments for w in s.words]
+    assert words and words == [(w.word, w.start, w.end) for s in expected.segments for w in s.words]

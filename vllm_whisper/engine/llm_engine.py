@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vllm_whisper.attention.selector import get_attention_backend
 from vllm_whisper import _custom_ops as ops
+from vllm_whisper.attention.selector import get_attention_backend
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, allocate_tensors, plan_pools
 from vllm_whisper.engine.model_runner import ModelRunner
@@ -25,6 +25,7 @@ from vllm_whisper.engine.sampler import SamplingParams, sample
 from vllm_whisper.engine.scheduler import Scheduler, blocks_for
 from vllm_whisper.engine.windows import WindowRegistry
 from vllm_whisper.model_executor.loader import LoadedModel
+from vllm_whisper.model_executor.whisper import CrossKV
 
 
 @dataclass
@@ -141,6 +142,17 @@ class LLMEngine:
     def release_window(self, window_key: str) -> bool:
         """Drop a retained window; its slot is freed once no request decodes it."""
         return self.windows.release(window_key)
+
+    def window_cross_kv(self, window_key: str) -> CrossKV | None:
+        """Per layer, views (1, heads, 1500, head_dim) of the cross K/V a window's slot holds, so callers (word
+        alignment) reuse them instead of re-encoding; None when the window has no slot. Valid until the window is
+        released; the slot is never written while the window holds it, so reading from another thread is safe."""
+        state = self.windows.windows.get(window_key)
+        if state is None or state.slot is None:
+            return None
+        slot = state.slot
+        cache = self.runner.cache
+        return [(k[slot:slot + 1], v[slot:slot + 1]) for k, v in zip(cache.cross_k, cache.cross_v)]
 
     def _finish(self, request: Request, status: RequestStatus) -> None:
         self.scheduler.finish(request, status)

@@ -239,9 +239,12 @@ class _ForcedPass:
 
 
 def _window_cross_kv(
-    model: WhisperModel, features: Tensor | None, encoder_output: Tensor | EncodedWindow | None
+    model: WhisperModel, features: Tensor | None, encoder_output: Tensor | EncodedWindow | CrossKV | None
 ) -> CrossKV:
-    """Cross K/V of the window, from an EncodedWindow, an encoder output, or by running the encoder."""
+    """Cross K/V of the window: given (a list, e.g. the engine's slot), from an EncodedWindow, from an encoder
+    output, or by running the encoder."""
+    if isinstance(encoder_output, list):
+        return encoder_output
     if isinstance(encoder_output, EncodedWindow):
         return encoder_output.cross_kv
     if encoder_output is not None:
@@ -296,7 +299,7 @@ def find_alignment(
     num_frames: int,
     *,
     features: Tensor | None = None,
-    encoder_output: Tensor | EncodedWindow | None = None,
+    encoder_output: Tensor | EncodedWindow | CrossKV | None = None,
     language: str | None = None,
     task: str = "transcribe",
     medfilt_width: int = 7,
@@ -411,7 +414,7 @@ def add_word_timestamps(
     params: TranscriptionParams,
     num_frames: int,
     last_speech_timestamp: float,
-    encoder_output: Tensor | EncodedWindow | None = None,
+    encoder_output: Tensor | EncodedWindow | CrossKV | None = None,
     *,
     medfilt_width: int = 7,
     qk_scale: float = 1.0,

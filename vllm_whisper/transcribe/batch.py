@@ -43,7 +43,9 @@ def transcribe_batch(engine: LLMEngine, audios: Sequence[np.ndarray],
                 if not out.finished:
                     continue
                 file, job = in_flight.pop(out.request_id)
-                file.on_result(job, JobResult(out.tokens, out.sum_logprob, out.no_speech_prob, job.params.temperature))
+                result = JobResult(out.tokens, out.sum_logprob, out.no_speech_prob, job.params.temperature,
+                                   engine.window_cross_kv(job.window_key))  # retained until released below
+                file.on_result(job, result)
                 next_keys = {j.window_key for j in submit(file)}
                 if job.window_key not in next_keys:
                     engine.release_window(job.window_key)

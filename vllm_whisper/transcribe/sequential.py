@@ -25,6 +25,7 @@ from vllm_whisper.decoding.greedy import encode_window, greedy_decode
 from vllm_whisper.decoding.logits_rules import LogitsRules
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.model_executor.loader import LoadedModel
+from vllm_whisper.model_executor.whisper import CrossKV
 from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.transcribe.alignment import add_word_timestamps
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult, compression_ratio
@@ -51,6 +52,7 @@ class JobResult:
     sum_logprob: float
     no_speech_prob: float
     temperature: float = 0.0
+    cross_kv: CrossKV | None = None  # the window's cross K/V as the decoder saw it: word alignment reuses it
 
     @property
     def avg_logprob(self) -> float:
@@ -179,7 +181,7 @@ class LongFormTranscription:
         spans, consumed = split_window(result.tokens, tok, self.seek, window_frames)
         segments = self._make_segments(spans, result, window_ratio)
         if self.params.word_timestamps and segments:
-            consumed = self._align_words(job, segments, window_frames, result.tokens, consumed)
+            consumed = self._align_words(job, segments, window_frames, result, consumed)
         for segment in segments:
             self.segments.append(segment)
             self._all_tokens += segment.tokens
@@ -187,13 +189,15 @@ class LongFormTranscription:
             self._prompt_reset_since = len(self._all_tokens)
         self.seek += consumed
 
-    def _align_words(self, job: WindowJob, segments: list[Segment], window_frames: int, tokens: list[int],
+    def _align_words(self, job: WindowJob, segments: list[Segment], window_frames: int, result: JobResult,
                      consumed: int) -> int:
-        """Time every word of the window (alignment heads + DTW on the window's features) and, as the reference
-        does, start the next window at the last word's end unless the window ended on a lone timestamp."""
+        """Time every word of the window (alignment heads + DTW over the window's cross K/V, re-encoded from its
+        features only when the decoder did not hand it over) and, as the reference does, start the next window at
+        the last word's end unless the window ended on a lone timestamp."""
         self._last_speech_timestamp = add_word_timestamps(
             self.loaded, segments, job.features, self.language, self.params, window_frames,
-            self._last_speech_timestamp)
+            self._last_speech_timestamp, encoder_output=result.cross_kv)
+        tokens = result.tokens
         tok = self.loaded.tokenizer
         single_timestamp_ending = len(tokens) >= 2 and not tok.is_timestamp(tokens[-2]) and tok.is_timestamp(tokens[-1])
         ends = [w.end for s in segments for w in s.words or []]
@@ -284,7 +288,7 @@ def run_job_with_reference(loaded: LoadedModel, job: WindowJob) -> JobResult:
     window = encode_window(loaded.model, job.features)
     out = greedy_decode(loaded.model, window, job.prompt, job.params.rules, job.params.max_new_tokens,
                         job.params.no_speech_index, job.params.temperature, job.params.seed)
-    return JobResult(out.tokens, out.sum_logprob, out.no_speech_prob, job.params.temperature)
+    return JobResult(out.tokens, out.sum_logprob, out.no_speech_prob, job.params.temperature, window.cross_kv)
 
 
 def transcribe_sequential(loaded: LoadedModel, audio: np.ndarray, params: TranscriptionParams) -> TranscriptionResult:

@@ -139,7 +139,8 @@ async def _run_piece(engine: AsyncLLMEngine, file: FileTranscription, piece: Pie
                         sent_segments += 1
                         emit(SegmentClosed(segment))
             tokens_generated += len(final.tokens)
-            result = JobResult(final.tokens, final.sum_logprob, final.no_speech_prob, job.params.temperature)
+            result = JobResult(final.tokens, final.sum_logprob, final.no_speech_prob, job.params.temperature,
+                               engine.engine.window_cross_kv(job.window_key))  # held: the slot stays put
             await asyncio.to_thread(file.on_result, job, result)  # word alignment may run here
             if file.language_known():
                 language_ready.set()
