@@ -16,6 +16,23 @@ inline void check_same_device(const char* op, const at::Tensor& ref, const at::T
               ref.device());
 }
 
+// What every cache write needs: contiguous caches of one supported float dtype, matching key/value dtypes, and
+// everything on the cache's device.
+inline void check_cache_write(const char* op, const at::Tensor& key, const at::Tensor& value,
+                              const at::Tensor& key_cache, const at::Tensor& value_cache, const at::Tensor& index,
+                              const char* index_name) {
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), op, ": the caches must be contiguous");
+  TORCH_CHECK(key_cache.scalar_type() == value_cache.scalar_type(), op, ": key_cache and value_cache dtypes differ");
+  TORCH_CHECK(key.scalar_type() == value.scalar_type(), op, ": key and value dtypes differ");
+  TORCH_CHECK(is_supported_float(key.scalar_type()) && is_supported_float(key_cache.scalar_type()), op,
+              ": dtypes must be float32, float16 or bfloat16, got key ", key.scalar_type(), " and cache ",
+              key_cache.scalar_type());
+  check_same_device(op, key_cache, key, "key");
+  check_same_device(op, key_cache, value, "value");
+  check_same_device(op, key_cache, value_cache, "value_cache");
+  check_same_device(op, key_cache, index, index_name);
+}
+
 // key/value: (num_tokens, heads, head_dim); caches: (num_blocks, block_size, heads, head_dim), contiguous;
 // slot_mapping: (num_tokens,) int64, flat slot = block * block_size + offset, negative = skip.
 inline void check_reshape_and_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
@@ -33,16 +50,7 @@ inline void check_reshape_and_cache(const at::Tensor& key, const at::Tensor& val
               ": slot_mapping must be (num_tokens,) = (", key.size(0), ",), got ", slot_mapping.sizes());
   TORCH_CHECK(slot_mapping.scalar_type() == at::ScalarType::Long, op, ": slot_mapping must be int64, got ",
               slot_mapping.scalar_type());
-  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), op, ": the caches must be contiguous");
-  TORCH_CHECK(key_cache.scalar_type() == value_cache.scalar_type(), op, ": key_cache and value_cache dtypes differ");
-  TORCH_CHECK(key.scalar_type() == value.scalar_type(), op, ": key and value dtypes differ");
-  TORCH_CHECK(is_supported_float(key.scalar_type()) && is_supported_float(key_cache.scalar_type()), op,
-              ": dtypes must be float32, float16 or bfloat16, got key ", key.scalar_type(), " and cache ",
-              key_cache.scalar_type());
-  check_same_device(op, key_cache, key, "key");
-  check_same_device(op, key_cache, value, "value");
-  check_same_device(op, key_cache, value_cache, "value_cache");
-  check_same_device(op, key_cache, slot_mapping, "slot_mapping");
+  check_cache_write(op, key, value, key_cache, value_cache, slot_mapping, "slot_mapping");
 }
 
 // key/value: (batch, heads, frames, head_dim); caches: (num_slots, heads, frames, head_dim), contiguous;
@@ -62,16 +70,7 @@ inline void check_reshape_and_cache_cross(const at::Tensor& key, const at::Tenso
   TORCH_CHECK(slots.dim() == 1 && slots.size(0) == key.size(0), op, ": slots must be (batch,) = (", key.size(0),
               ",), got ", slots.sizes());
   TORCH_CHECK(slots.scalar_type() == at::ScalarType::Long, op, ": slots must be int64, got ", slots.scalar_type());
-  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), op, ": the caches must be contiguous");
-  TORCH_CHECK(key_cache.scalar_type() == value_cache.scalar_type(), op, ": key_cache and value_cache dtypes differ");
-  TORCH_CHECK(key.scalar_type() == value.scalar_type(), op, ": key and value dtypes differ");
-  TORCH_CHECK(is_supported_float(key.scalar_type()) && is_supported_float(key_cache.scalar_type()), op,
-              ": dtypes must be float32, float16 or bfloat16, got key ", key.scalar_type(), " and cache ",
-              key_cache.scalar_type());
-  check_same_device(op, key_cache, key, "key");
-  check_same_device(op, key_cache, value, "value");
-  check_same_device(op, key_cache, value_cache, "value_cache");
-  check_same_device(op, key_cache, slots, "slots");
+  check_cache_write(op, key, value, key_cache, value_cache, slots, "slots");
 }
 
 // Column layout of row_config, one row per logits row.
