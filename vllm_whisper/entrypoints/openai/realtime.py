@@ -217,15 +217,18 @@ class RealtimeSession:
 
     async def on_clear(self, event: dict) -> None:
         self._cancel_pass()
-        self.audio.clear()
-        self.turn_offset = self.stream_seconds
-        self.item_id, self.agreement = None, LocalAgreement()
-        self.detector = self._new_detector()
-        self.buffer_origin = 0.0
-        self._last_pass_at = 0.0
+        self._start_new_turn()
         await self.send({"type": "input_audio_buffer.cleared"})
 
     # --- turns --------------------------------------------------------------------------------------
+    def _start_new_turn(self) -> None:
+        """Empty buffer, fresh VAD and agreement; the timelines restart at the audio received so far."""
+        self.audio.clear()
+        self.turn_offset = self.stream_seconds
+        self.item_id, self.agreement, self._last_pass_at = None, LocalAgreement(), 0.0
+        self.detector = self._new_detector()
+        self.buffer_origin = 0.0
+
     async def _speech_started(self, at_seconds: float) -> None:
         # at_seconds is on the detector's timeline, which starts at the last clear / commit (turn_offset).
         self._drop_buffer_before(at_seconds)
@@ -260,11 +263,7 @@ class RealtimeSession:
                                   "status": "completed",
                                   "content": [{"type": "input_audio", "transcript": None}]}})
         self.previous_item_id = item_id
-        self.turn_offset = self.stream_seconds
-        self.audio.clear()
-        self.item_id, self.agreement, self._last_pass_at = None, LocalAgreement(), 0.0
-        self.detector = self._new_detector()
-        self.buffer_origin = 0.0
+        self._start_new_turn()
         task = asyncio.create_task(self._complete(item_id, audio, agreement))
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
