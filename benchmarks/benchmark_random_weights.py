@@ -61,6 +61,7 @@ class Options:
     json_path: Path | None
     skip_transformers: bool
     seed: int = 0
+    enforce_eager: bool = False  # our engine without CUDA graphs (to measure what they give)
 
 
 @dataclass
@@ -239,9 +240,11 @@ def engine_decode(engine: LLMEngine, workload: Workload, count: int, tag: str) -
     return [finished[f"{tag}{i}"] for i in range(count)]
 
 
-def run_ours(workload: Workload, p: Pass) -> Timed:
-    """The engine with at most `batch_size` sequences at once and every window submitted, warmed up first."""
-    engine = LLMEngine(workload.loaded, EngineConfig(max_num_seqs=p.batch_size))
+def run_ours(workload: Workload, p: Pass, enforce_eager: bool = False) -> Timed:
+    """The engine with at most `batch_size` sequences at once and every window submitted, warmed up first (on CUDA
+    it captures decode graphs for buckets up to batch_size unless enforce_eager)."""
+    engine = LLMEngine(workload.loaded, EngineConfig(max_num_seqs=p.batch_size,
+                                                           enforce_eager=enforce_eager))
     try:
         engine_decode(engine, workload, p.warmup, "warmup")
         return timed(p.device, lambda: engine_decode(engine, workload, p.windows, "w"))
@@ -381,7 +384,8 @@ def sweep(workload: Workload, options: Options, system: str, batch_sizes: tuple[
 def benchmark_shape(shape: str, options: Options) -> tuple[list[Row], Agreement | None]:
     """All batch sizes for one shape: ours first, then transformers on the same weights and inputs."""
     workload = build_workload(shape, options)
-    rows, ours_tokens = sweep(workload, options, OURS, options.batch_sizes, lambda p: run_ours(workload, p))
+    rows, ours_tokens = sweep(workload, options, OURS, options.batch_sizes,
+                              lambda p: run_ours(workload, p, options.enforce_eager))
     hf_tokens = None
     if not options.skip_transformers:
         model = build_transformers(workload)
@@ -507,6 +511,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
                              "sooner (default: --windows)")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--enforce-eager", action="store_true", help="our engine without CUDA graphs")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny shape, 4 windows, 8 tokens, batch sizes 1,4, CPU, float32")
     args = parser.parse_args(argv)
@@ -543,7 +548,7 @@ def validated(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Opti
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA GPU; use --device cpu")
     return Options(shapes, args.windows, args.tokens, batch_sizes, hf_batch_sizes, args.batch1_windows, args.dtype,
-                   args.device, args.json, args.skip_transformers, args.seed)
+                   args.device, args.json, args.skip_transformers, args.seed, args.enforce_eager)
 
 
 def main(argv: list[str] | None = None) -> None:

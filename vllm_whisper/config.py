@@ -18,6 +18,8 @@ class EngineConfig:
     gpu_memory_utilization: fraction of GPU memory the process may use in total (GPU only).
     num_kv_blocks / num_cross_slots: exact pool sizes, overriding the budget (tests and tuning).
     attention_backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton" or "xformers" (if installed).
+    enforce_eager: never capture CUDA graphs (they are captured on CUDA with the Triton backend, one per decode
+        batch-size bucket up to max_num_seqs; capture takes seconds and some GPU memory at start-up).
     """
 
     max_num_seqs: int = 64
@@ -29,6 +31,7 @@ class EngineConfig:
     num_kv_blocks: int | None = None
     num_cross_slots: int | None = None
     attention_backend: str = "auto"
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         positive = ("max_num_seqs", "max_num_batched_tokens", "max_encoder_windows_per_step", "block_size")

@@ -31,6 +31,17 @@ class TritonPagedAttention:
         self.slot_mapping = metadata.slot_mapping
         self.cross_slots = metadata.cross_slots.to(torch.int32)
 
+    @classmethod
+    def from_tensors(cls, cache: KVCacheTensors, block_tables: Tensor, past_lens: Tensor, context_lens: Tensor,
+                     slot_mapping: Tensor, cross_slots: Tensor) -> "TritonPagedAttention":
+        """Over caller-owned int32 tables and lengths, used as they are (no copies): the CUDA-graph decode path
+        keeps them in fixed buffers whose addresses the captured kernels read."""
+        attention = cls.__new__(cls)
+        attention.cache = cache
+        attention.block_tables, attention.past_lens, attention.context_lens = block_tables, past_lens, context_lens
+        attention.slot_mapping, attention.cross_slots = slot_mapping, cross_slots
+        return attention
+
     def self_attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         k_cache, v_cache = self.cache.self_k[layer], self.cache.self_v[layer]
         store_kv(k, v, k_cache, v_cache, self.slot_mapping)

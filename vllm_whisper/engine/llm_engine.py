@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -17,7 +18,7 @@ from torch import Tensor
 from vllm_whisper import _custom_ops as ops
 from vllm_whisper.attention.selector import get_attention_backend
 from vllm_whisper.config import EngineConfig
-from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, allocate_tensors, plan_pools
+from vllm_whisper.engine.kv_cache import BlockPool, KVCacheTensors, SlotPool, allocate_tensors, plan_pools
 from vllm_whisper.engine.model_runner import ModelRunner
 from vllm_whisper.engine.beam_search import beam_update, finalize
 from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus, Sequence
@@ -26,6 +27,9 @@ from vllm_whisper.engine.scheduler import Scheduler, blocks_for
 from vllm_whisper.engine.windows import WindowRegistry
 from vllm_whisper.model_executor.loader import LoadedModel
 from vllm_whisper.model_executor.whisper import CrossKV
+
+if TYPE_CHECKING:
+    from vllm_whisper.engine.cuda_graphs import DecodeGraphs
 
 
 @dataclass
@@ -59,7 +63,8 @@ class LLMEngine:
         cache = allocate_tensors(loaded.config, num_blocks, num_slots, self.config.block_size, model.dtype,
                                  model.device)
         backend = get_attention_backend(self.config.attention_backend, model.device, loaded.config.head_dim)
-        self.runner = ModelRunner(model, cache, loaded.tokenizer.special.no_speech, backend)
+        self.runner = ModelRunner(model, cache, loaded.tokenizer.special.no_speech, backend,
+                                  self._capture_decode_graphs(cache, backend.name))
         self.windows = WindowRegistry(self.slot_pool)
         self.scheduler = Scheduler(self.config, self.block_pool, self.slot_pool,
                                    self.config.encoder_windows_per_step(model.device.type))
@@ -100,6 +105,14 @@ class LLMEngine:
                 f"--gpu-memory-utilization {self.config.gpu_memory_utilization}; nothing is left for the KV cache."
             )
         return budget
+
+    def _capture_decode_graphs(self, cache: KVCacheTensors, backend: str) -> "DecodeGraphs | None":
+        """CUDA graphs for decode steps on CUDA with the Triton backend, unless enforce_eager."""
+        if self.config.enforce_eager or backend != "triton" or self.loaded.model.device.type != "cuda":
+            return None
+        from vllm_whisper.engine.cuda_graphs import DecodeGraphs, capture_batch_sizes
+
+        return DecodeGraphs(self.loaded.model, cache, capture_batch_sizes(self.config.max_num_seqs), capture=True)
 
     # --- requests ---------------------------------------------------------------------------------
     def add_request(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,

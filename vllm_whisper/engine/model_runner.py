@@ -1,9 +1,11 @@
 """Runs the model for a scheduled step: batched encoder for new windows (cross K/V projected once, straight
-into their slots), then the decoder over the paged cache for the prefill and decode groups."""
+into their slots), then the decoder over the paged cache for the prefill and decode groups. One-token decode
+groups replay a captured CUDA graph when the engine captured them (engine/cuda_graphs.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -15,12 +17,17 @@ from vllm_whisper.engine.kv_cache import KVCacheTensors
 from vllm_whisper.engine.request import Request, Sequence
 from vllm_whisper.model_executor.whisper import WhisperModel
 
+if TYPE_CHECKING:  # imported lazily: the graph module pulls in the Triton kernels
+    from vllm_whisper.engine.cuda_graphs import DecodeGraphs
+
 
 @dataclass
 class RunnerCounters:
     encoder_runs: int = 0  # windows passed through the encoder
     cross_kv_projections: int = 0  # windows whose cross K/V were projected
     decoder_tokens: int = 0  # decoder positions computed (prefill and decode)
+    graph_steps: int = 0  # decode groups that ran through a captured graph (or its eager stand-in)
+    eager_steps: int = 0  # groups that ran eagerly (prefill, no graphs, or larger than every bucket)
 
 
 @dataclass
@@ -31,8 +38,9 @@ class StepLogits:
 
 class ModelRunner:
     def __init__(self, model: WhisperModel, cache: KVCacheTensors, no_speech_token: int,
-                 backend: AttentionBackend | None = None):
+                 backend: AttentionBackend | None = None, graphs: DecodeGraphs | None = None):
         self.model = model
+        self.graphs = graphs
         self.backend = backend or get_attention_backend("torch", model.device)
         self.cache = cache
         self.no_speech_token = no_speech_token
@@ -64,8 +72,40 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> StepLogits:
         """Feed every sequence's pending tokens through the decoder; return logits at each last position."""
-        device = self.model.device
         feeds = [r.pending_tokens for r in seqs]
+        self.model.check_position(max(seq.num_computed + len(feed) for seq, feed in zip(seqs, feeds)) - 1)
+        if self._fits_graph(seqs, feeds):
+            step = self._run_graph(seqs, feeds)
+            self.counters.graph_steps += 1
+        else:
+            step = self._run_eager(seqs, feeds)
+            self.counters.eager_steps += 1
+        for seq, feed in zip(seqs, feeds):
+            seq.num_computed += len(feed)
+        self.counters.decoder_tokens += sum(len(f) for f in feeds)
+        return step
+
+    def _fits_graph(self, seqs: list[Sequence], feeds: list[list[int]]) -> bool:
+        """One token per row, a bucket that holds the batch, and no row that reads its no-speech probability (that
+        position is in the prompt, so only a prefill or a recompute after preemption feeds it)."""
+        if self.graphs is None or self.graphs.bucket(len(seqs)) is None:
+            return False
+        return all(len(feed) == 1 for feed in feeds) and not any(self._no_speech_row(seq, 1) for seq in seqs)
+
+    @staticmethod
+    def _no_speech_row(seq: Sequence, fed: int) -> bool:
+        index = seq.request.params.no_speech_index
+        return index is not None and seq.num_computed <= index < seq.num_computed + fed
+
+    def _run_graph(self, seqs: list[Sequence], feeds: list[list[int]]) -> StepLogits:
+        from vllm_whisper.engine.cuda_graphs import DecodeRow
+
+        rows = [DecodeRow(feed[0], seq.num_computed, seq.block_table, seq.request.cross_slot)
+                for seq, feed in zip(seqs, feeds)]
+        return StepLogits(self.graphs.run(rows), [None] * len(seqs))
+
+    def _run_eager(self, seqs: list[Sequence], feeds: list[list[int]]) -> StepLogits:
+        device = self.model.device
         t_max = max(len(f) for f in feeds)
         tokens = torch.tensor([f + [0] * (t_max - len(f)) for f in feeds])
         starts = torch.tensor([r.num_computed for r in seqs])[:, None]
@@ -76,18 +116,15 @@ class ModelRunner:
             [r.block_table for r in seqs], [r.num_computed for r in seqs], [len(f) for f in feeds],
             [r.request.cross_slot for r in seqs], self.cache.block_size, device,
         )
-        hidden = self.model.decode(tokens.to(device), positions.to(device), self.backend.decoder(self.cache, metadata))
+        hidden = self.model.decode(tokens.to(device), positions.to(device), self.backend.decoder(self.cache, metadata),
+                                   max_position=int(positions.max()))
         last = torch.tensor([len(f) - 1 for f in feeds], device=device)
         logits = self.model.compute_logits(hidden[torch.arange(len(seqs), device=device), last])
         no_speech: list[float | None] = []
         for b, seq in enumerate(seqs):
-            index = seq.request.params.no_speech_index
-            if index is not None and seq.num_computed <= index < seq.num_computed + len(feeds[b]):
-                row = self.model.compute_logits(hidden[b, index - seq.num_computed])
+            if self._no_speech_row(seq, len(feeds[b])):
+                row = self.model.compute_logits(hidden[b, seq.request.params.no_speech_index - seq.num_computed])
                 no_speech.append(float(torch.softmax(row, dim=-1)[self.no_speech_token]))
             else:
                 no_speech.append(None)
-        for seq, feed in zip(seqs, feeds):
-            seq.num_computed += len(feed)
-        self.counters.decoder_tokens += sum(len(f) for f in feeds)
         return StepLogits(logits, no_speech)

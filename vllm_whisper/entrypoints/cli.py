@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fraction of GPU memory to use in total (CUDA only)")
     tr.add_argument("--attention-backend", choices=("auto", "torch", "triton", "xformers"), default="auto",
                     help="attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton, xformers")
+    tr.add_argument("--enforce-eager", action="store_true",
+                    help="never capture CUDA graphs for decode steps (they are captured on CUDA with Triton)")
     serve = commands.add_parser("serve", help="run the OpenAI-compatible server (same flags as "
                                 "python -m vllm_whisper.entrypoints.api_server)")
     from vllm_whisper.entrypoints.api_server import add_server_arguments
@@ -82,7 +84,8 @@ def _transcribe(args: argparse.Namespace) -> int:
             condition_on_previous_text=not args.no_condition_on_previous_text)
         engine_config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
                                      gpu_memory_utilization=args.gpu_memory_utilization,
-                                     attention_backend=args.attention_backend)
+                                     attention_backend=args.attention_backend,
+                                     enforce_eager=args.enforce_eager)
         llm = LLM(model=args.model, dtype=args.dtype, device=args.device, engine_config=engine_config)
         if params.task == "translate" and not llm.tokenizer.is_multilingual:
             raise ValueError(f"The English-only model {args.model!r} cannot translate; use a multilingual model.")

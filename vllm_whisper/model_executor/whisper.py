@@ -165,12 +165,18 @@ class WhisperModel(nn.Module, SupportsTranscription):
         """Project encoder states to every decoder layer's cross-attention K/V (done once per window)."""
         return [layer.encoder_attn.project_kv(encoder_out) for layer in self.decoder.layers]
 
-    def decode(self, tokens: Tensor, positions: Tensor, attention: DecoderAttention) -> Tensor:
-        """Decoder hidden states (batch, tokens, d_model) for new tokens at the given positions."""
-        max_pos = self.config.max_target_positions
-        if int(positions.max()) >= max_pos:
-            raise ValueError(f"decoder position {int(positions.max())} exceeds the model's {max_pos} tokens")
+    def decode(self, tokens: Tensor, positions: Tensor, attention: DecoderAttention,
+               max_position: int | None = None) -> Tensor:
+        """Decoder hidden states (batch, tokens, d_model) for new tokens at the given positions. Callers that know
+        the largest position on the host pass it as max_position, which saves a device sync per step."""
+        self.check_position(int(positions.max()) if max_position is None else max_position)
         return self.decoder(tokens, positions, attention)
+
+    def check_position(self, max_position: int) -> None:
+        """ValueError when a position is past the decoder's learned positions (448 for every released model)."""
+        if max_position >= self.config.max_target_positions:
+            raise ValueError(f"decoder position {max_position} exceeds the model's "
+                             f"{self.config.max_target_positions} tokens")
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """Output projection tied to the token embedding, in float32 for stable sampling."""
