@@ -140,15 +140,15 @@ class Workload:
 @lru_cache(maxsize=None)
 def tokenizer_for(vocab_size: int) -> WhisperTokenizer:
     """tiny.en's tokenizer for 51864 logits, base's for 51865, base's text tokens with large-v3's specials for 51866."""
-    from vllm_whisper.model_executor.aliases import resolve_alias
+    from vllm_whisper.model_executor.aliases import tokenizer_dir
     from vllm_whisper.tokenizer import load_tokenizer
 
     if vocab_size == 51864:
-        return load_tokenizer(resolve_alias("tiny.en"), vocab_size)
+        return load_tokenizer(tokenizer_dir("tiny.en"), vocab_size)
     if vocab_size == 51865:
-        return load_tokenizer(resolve_alias("base"), vocab_size)
+        return load_tokenizer(tokenizer_dir("base"), vocab_size)
     if vocab_size == 51866:
-        return _large_v3_tokenizer(resolve_alias("base") / "tokenizer.json")
+        return _large_v3_tokenizer(tokenizer_dir("base") / "tokenizer.json")
     raise ValueError(f"no tokenizer for a vocabulary of {vocab_size} (Whisper has 51864, 51865 or 51866)")
 
 

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from vllm_whisper.model_executor.aliases import tokenizer_dir
 from vllm_whisper.model_executor.loader import LoadedModel, load_model
+from vllm_whisper.model_executor.whisper_config import WHISPER_SHAPES, WhisperConfig
 from vllm_whisper.testing.speech import Utterance, english_corpus, synthesize
+from vllm_whisper.tokenizer import WhisperTokenizer, load_tokenizer
 
 torch.set_num_threads(2)
 
@@ -65,12 +68,30 @@ def hf_oracle(hf_tiny_dir):
 
 
 @pytest.fixture(scope="session")
-def small_random(tiny_en) -> LoadedModel:
+def tiny_en_tokenizer() -> WhisperTokenizer:
+    """tiny.en's tokenizer alone (no weights): what random-weight models need, also on a GPU machine handed only
+    the tokenizer files (scripts/gpu_bundle.sh)."""
+    return load_tokenizer(tokenizer_dir("tiny.en"), WHISPER_SHAPES["tiny.en"].vocab_size)
+
+
+def small_random_config() -> WhisperConfig:
+    return WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=1, encoder_attention_heads=2,
+                         decoder_layers=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                         vocab_size=WHISPER_SHAPES["tiny.en"].vocab_size)
+
+
+@pytest.fixture(scope="session")
+def small_random(tiny_en_tokenizer) -> LoadedModel:
     """A 2-layer random-weight Whisper with tiny.en's vocabulary: fast enough for thousands of engine requests."""
-    from vllm_whisper.model_executor.whisper_config import WhisperConfig
     from vllm_whisper.testing.random_model import random_model
 
-    config = WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=1, encoder_attention_heads=2,
-                           decoder_layers=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                           vocab_size=tiny_en.config.vocab_size)
-    return random_model(config, tiny_en.tokenizer, seed=3)
+    return random_model(small_random_config(), tiny_en_tokenizer, seed=3)
+
+
+@pytest.fixture(scope="session")
+def small_random_kernels(tiny_en_tokenizer) -> LoadedModel:
+    """small_random where the Triton kernels run: on the GPU when there is one, else on the CPU (interpreter)."""
+    from vllm_whisper.testing.random_model import random_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return random_model(small_random_config(), tiny_en_tokenizer, seed=3, device=device)

@@ -59,7 +59,7 @@ POOLS = dict(num_kv_blocks=96, num_cross_slots=4, block_size=4)
 
 def run(loaded, jobs, batch_sizes: list[int] | None, **config):
     """The Triton engine eagerly (batch_sizes None) or with decode steps through the graph buffers."""
-    engine = LLMEngine(loaded, EngineConfig(attention_backend="triton", **POOLS, **config))
+    engine = LLMEngine(loaded, EngineConfig(attention_backend="triton", enforce_eager=True, **POOLS, **config))
     if batch_sizes is not None:
         engine.runner.graphs = DecodeGraphs(loaded.model, engine.runner.cache, batch_sizes,
                                             capture=loaded.model.device.type == "cuda")
@@ -77,12 +77,12 @@ def assert_same(got, want):
         assert got[request_id].no_speech_prob == pytest.approx(reference.no_speech_prob, abs=1e-5)
 
 
-def test_padded_bucketed_decode_gives_the_eager_tokens(small_random):
+def test_padded_bucketed_decode_gives_the_eager_tokens(small_random_kernels):
     """Six requests on four cross slots: decode batches of 1 to 5 sequences run in buckets 1, 2, 4 and 8 (padding
     rows in most steps), requests join while others decode, beams share blocks; prefill stays eager."""
-    jobs = jobs_for(small_random, 6, seed=11)
-    want, eager = run(small_random, jobs, None)
-    got, counters = run(small_random, jobs, [1, 2, 4, 8])
+    jobs = jobs_for(small_random_kernels, 6, seed=11)
+    want, eager = run(small_random_kernels, jobs, None)
+    got, counters = run(small_random_kernels, jobs, [1, 2, 4, 8])
     assert_same(got, want)
     assert eager.graph_steps == 0
     assert counters.graph_steps > 0 and counters.eager_steps > 0  # decode groups replayed, prefill groups eager
@@ -90,25 +90,25 @@ def test_padded_bucketed_decode_gives_the_eager_tokens(small_random):
     assert counters.decoder_tokens == eager.decoder_tokens
 
 
-def test_batches_larger_than_every_bucket_run_eagerly(small_random):
-    jobs = jobs_for(small_random, 4, seed=12, beam_last=False)
-    want, _ = run(small_random, jobs, None, max_num_seqs=4)
-    got, counters = run(small_random, jobs, [1], max_num_seqs=4)
+def test_batches_larger_than_every_bucket_run_eagerly(small_random_kernels):
+    jobs = jobs_for(small_random_kernels, 4, seed=12, beam_last=False)
+    want, _ = run(small_random_kernels, jobs, None, max_num_seqs=4)
+    got, counters = run(small_random_kernels, jobs, [1], max_num_seqs=4)
     assert_same(got, want)
     assert counters.graph_steps > 0  # the last request decoding alone
 
 
-def test_padding_rows_write_nothing_to_the_cache(small_random):
+def test_padding_rows_write_nothing_to_the_cache(small_random_kernels):
     """One real row in a bucket of four: only that row's slot changes in every layer's self-attention cache."""
-    engine = LLMEngine(small_random, EngineConfig(attention_backend="triton", **POOLS))
+    engine = LLMEngine(small_random_kernels, EngineConfig(attention_backend="triton", enforce_eager=True, **POOLS))
     cache = engine.runner.cache
     for layer in cache.self_k + cache.self_v + cache.cross_k + cache.cross_v:
         layer.normal_()
     before = [t.clone() for t in cache.self_k + cache.self_v + cache.cross_k + cache.cross_v]
-    graphs = DecodeGraphs(small_random.model, cache, [4], capture=False)
+    graphs = DecodeGraphs(small_random_kernels.model, cache, [4], capture=False)
     position, table = 6, [9, 3]  # slot 3 * 4 + 2
     logits = graphs.run([DecodeRow(token=50, position=position, block_table=table, cross_slot=2)])
-    assert logits.shape == (1, small_random.config.vocab_size) and torch.isfinite(logits).all()
+    assert logits.shape == (1, small_random_kernels.config.vocab_size) and torch.isfinite(logits).all()
     after = cache.self_k + cache.self_v + cache.cross_k + cache.cross_v
     for old, new in zip(before, after):
         changed = (old != new).flatten(2).any(-1)  # per (block, offset) for self, (slot, head) for cross
@@ -118,24 +118,31 @@ def test_padding_rows_write_nothing_to_the_cache(small_random):
             assert not changed.any()
 
 
-def test_graph_inputs_are_checked(small_random):
-    engine = LLMEngine(small_random, EngineConfig(attention_backend="triton", **POOLS))
-    graphs = DecodeGraphs(small_random.model, engine.runner.cache, [2], capture=False)
+def test_graph_inputs_are_checked(small_random_kernels):
+    engine = LLMEngine(small_random_kernels, EngineConfig(attention_backend="triton", enforce_eager=True, **POOLS))
+    graphs = DecodeGraphs(small_random_kernels.model, engine.runner.cache, [2], capture=False)
     row = DecodeRow(token=1, position=0, block_table=[0], cross_slot=0)
     with pytest.raises(ValueError, match="exceeds the largest captured size 2"):
         graphs.run([row] * 3)
     with pytest.raises(ValueError, match="more than the 112 a decoder context"):
         graphs.run([DecodeRow(token=1, position=0, block_table=list(range(113)), cross_slot=0)])
     with pytest.raises(ValueError, match="at least one"):
-        DecodeGraphs(small_random.model, engine.runner.cache, [], capture=False)
+        DecodeGraphs(small_random_kernels.model, engine.runner.cache, [], capture=False)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA device"):
-            DecodeGraphs(small_random.model, engine.runner.cache, [1], capture=True)
+            DecodeGraphs(small_random_kernels.model, engine.runner.cache, [1], capture=True)
 
 
-def test_engine_captures_only_on_cuda_with_triton(small_random):
-    assert LLMEngine(small_random, EngineConfig(attention_backend="triton", **POOLS)).runner.graphs is None
-    assert LLMEngine(small_random, EngineConfig(**POOLS)).runner.graphs is None
+def test_engine_captures_only_on_cuda_with_triton(small_random_kernels):
+    loaded = small_random_kernels
+    assert LLMEngine(loaded, EngineConfig(attention_backend="torch", **POOLS)).runner.graphs is None
+    eager = EngineConfig(attention_backend="triton", enforce_eager=True, **POOLS)
+    assert LLMEngine(loaded, eager).runner.graphs is None
+    captured = LLMEngine(loaded, EngineConfig(attention_backend="triton", max_num_seqs=8, **POOLS)).runner.graphs
+    if loaded.model.device.type == "cuda":
+        assert captured is not None and captured.captured and captured.batch_sizes == [1, 2, 4, 8]
+    else:
+        assert captured is None
 
 
 def test_enforce_eager_flag_reaches_the_engine_config():
@@ -149,12 +156,13 @@ def test_enforce_eager_flag_reaches_the_engine_config():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_captured_graphs_match_eager_on_cuda(dtype):
-    """tiny.en on the GPU: the engine captures graphs by default; 12 requests (one with beams) give the tokens of
-    its --enforce-eager run, and decode steps were replays."""
-    from vllm_whisper.model_executor.loader import load_model
+def test_captured_graphs_match_eager_on_cuda(dtype, tiny_en_tokenizer):
+    """tiny.en's shape (random weights) on the GPU: the engine captures graphs by default; 12 requests (one with
+    beams) give the tokens of its --enforce-eager run, and decode steps were replays."""
+    from vllm_whisper.model_executor.whisper_config import WHISPER_SHAPES
+    from vllm_whisper.testing.random_model import random_model
 
-    loaded = load_model("tiny.en", dtype=dtype, device="cuda")
+    loaded = random_model(WHISPER_SHAPES["tiny.en"], tiny_en_tokenizer, getattr(torch, dtype), device="cuda")
     jobs = jobs_for(loaded, 12, seed=13)
     pools = dict(num_kv_blocks=1024, num_cross_slots=12, max_num_seqs=16)
     eager_engine = LLMEngine(loaded, EngineConfig(enforce_eager=True, **pools))

@@ -57,6 +57,18 @@ def resolve_alias(alias: str) -> Path:
     return _join_parts(alias, dirs)
 
 
+def tokenizer_dir(alias: str) -> Path:
+    """The folder holding an alias's tokenizer.json and config.json, without assembling its weights: random-weight
+    models of the real shapes need only the tokenizer (and a GPU machine can be handed just these small files)."""
+    if alias not in OFFLINE_ALIASES:
+        raise ModelLoadError(f"{alias!r} is not an offline alias; choose from {', '.join(OFFLINE_ALIASES)}")
+    entry = OFFLINE_ALIASES[alias]
+    folder = _package_dir(entry.packages[0], alias) / entry.data_subdir
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelLoadError(f"missing {folder / 'tokenizer.json'}; reinstall with {INSTALL_HINT}")
+    return folder
+
+
 def _join_parts(alias: str, dirs: list[Path]) -> Path:
     """Concatenate model.bin.partN files from several packages into one cached model directory (once)."""
     parts = []
