@@ -124,7 +124,7 @@ class Ours:
         from vllm_whisper.transcribe.sequential import build_rules
 
         self.path, self.clock = path, Clock(args.device)
-        self.loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        self.loaded = load_model(args.model, dtype=args.dtype, device=args.device, quantization=args.quantization)
         language = args.language if self.loaded.tokenizer.is_multilingual else "en"
         params = TranscriptionParams(language=language)
         self.prompt = self.loaded.model.get_decoder_prompt(params.language, params.task, params.timestamps)
@@ -249,7 +249,7 @@ class FasterWhisper:
         from vllm_whisper.model_executor.aliases import OFFLINE_ALIASES, resolve_alias
 
         directory = str(resolve_alias(args.model) if args.model in OFFLINE_ALIASES else args.model)
-        compute_type = "default" if args.dtype == "auto" else args.dtype
+        compute_type = args.quantization or ("default" if args.dtype == "auto" else args.dtype)
         self.model = WhisperModel(directory, device=torch.device(args.device).type, compute_type=compute_type,
                                   cpu_threads=torch.get_num_threads())
         self.options = dict(beam_size=1, language=args.language, condition_on_previous_text=False,
@@ -345,6 +345,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (all systems)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (all systems)")
+    parser.add_argument("--quantization", choices=("int8",), default=None,
+                        help="int8 weights for ours and faster-whisper (CPU); transformers stays in --dtype")
     parser.add_argument("--language", default="en", help="spoken language (multilingual models)")
     parser.add_argument("--audio", type=Path, default=None, help="audio file; default: a synthetic paragraph")
     parser.add_argument("--sentences", type=int, default=8, help="sentences in the synthetic paragraph")
@@ -381,14 +383,16 @@ def main(argv: list[str] | None = None) -> None:
                 print("faster-whisper is not installed: pip install faster-whisper")
         runs = measure(systems, args)
     machine = machine_description()
-    print(f"\nLatency of one request, {args.model} ({args.dtype}, {args.device}), {audio_seconds:.1f} s of audio: "
+    precision = f"{args.dtype}, int8 weights for ours and faster-whisper" if args.quantization else args.dtype
+    print(f"\nLatency of one request, {args.model} ({precision}, {args.device}), {audio_seconds:.1f} s of audio: "
           f"{label}; {args.repeats} repeats after {args.warmup} warm-up")
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(f"Machine: {machine}; 1-minute load average {load[0]} before, {load[1]} after\n")
     print(markdown_table(runs))
     if args.output_json:
         args.output_json.write_text(json.dumps({
-            "benchmark": "latency", "model": args.model, "dtype": args.dtype, "device": args.device,
+            "benchmark": "latency", "model": args.model, "dtype": args.dtype, "quantization": args.quantization,
+            "device": args.device,
             "audio": label, "audio_seconds": audio_seconds, "repeats": args.repeats, "warmup": args.warmup,
             "machine": machine, "load_average": load, "date": time.strftime("%Y-%m-%d"),
             "results": [r.to_json() for r in runs],

@@ -18,10 +18,11 @@ import torch
 from common import report
 
 
-def run_engine(model: str, dtype: str, paths: list[Path], audio_seconds: float, together: bool) -> dict:
+def run_engine(model: str, dtype: str, paths: list[Path], audio_seconds: float, together: bool,
+               quantization: str | None = None) -> dict:
     from vllm_whisper import LLM
 
-    llm = LLM(model=model, dtype=dtype)
+    llm = LLM(model=model, dtype=dtype, quantization=quantization)
     llm.transcribe([paths[0]])  # warm-up
     start = time.perf_counter()
     if together:
@@ -31,7 +32,7 @@ def run_engine(model: str, dtype: str, paths: list[Path], audio_seconds: float, 
     wall = time.perf_counter() - start
     tokens = sum(len(s.tokens) for r in results for s in r.segments)
     label = "vllm-whisper, all at once" if together else "vllm-whisper, one at a time"
-    return {"system": f"{label} ({dtype})", "wall_s": wall, "rtfx": audio_seconds / wall,
+    return {"system": f"{label} ({quantization or dtype})", "wall_s": wall, "rtfx": audio_seconds / wall,
             "tokens_per_s": tokens / wall, "texts": [r.text for r in results],
             "encoder_runs": llm.engine.stats.encoder_runs}
 
@@ -64,6 +65,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--dtype", default="float32", help="our dtype (float32 or bfloat16)")
+    parser.add_argument("--quantization", choices=("int8",), default=None,
+                        help="our weights as int8 (CPU; compare with faster-whisper's int8 row)")
     parser.add_argument("--clips", type=int, default=30)
     parser.add_argument("--sentences-per-clip", type=int, default=1,
                         help="1: one short sentence per clip; 8: ~25 s paragraphs that fill a window like real speech")
@@ -82,8 +85,8 @@ def main() -> None:
         paths = [c.path for c in clips]
         audio_seconds = sum(len(load_audio(p)) / 16000 for p in paths)
         rows = [
-            run_engine(args.model, args.dtype, paths, audio_seconds, together=True),
-            run_engine(args.model, args.dtype, paths, audio_seconds, together=False),
+            run_engine(args.model, args.dtype, paths, audio_seconds, True, args.quantization),
+            run_engine(args.model, args.dtype, paths, audio_seconds, False, args.quantization),
         ]
         if not args.skip_faster_whisper:
             for compute_type in ("int8", "float32"):
@@ -95,7 +98,7 @@ def main() -> None:
         references = [c.text for c in clips]
     report(f"Throughput, {args.model}, {len(paths)} clips of {args.sentences_per_clip} sentence(s), "
            f"{audio_seconds:.1f} s of audio", rows, references, args.json, benchmark="throughput", model=args.model,
-           dtype=args.dtype, clips=len(paths), sentences_per_clip=args.sentences_per_clip,
+           dtype=args.dtype, quantization=args.quantization, clips=len(paths), sentences_per_clip=args.sentences_per_clip,
            audio_seconds=audio_seconds)
     together, alone = rows[0], rows[1]
     print(f"all at once vs one at a time: {together['rtfx'] / alone['rtfx']:.2f}x")

@@ -66,6 +66,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"),
                         help="require `Authorization: Bearer KEY` on /v1 routes (or set VLLM_API_KEY)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    parser.add_argument("--quantization", choices=("int8",), default=None,
+                        help="int8: int8 weights for the linear layers (CPU, float32 activations; much faster)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--max-num-seqs", type=int, default=64, help="most window decodes running at once")
     parser.add_argument("--max-model-len", type=int, default=DECODER_CONTEXT,
@@ -89,7 +91,7 @@ def create_state(args: argparse.Namespace) -> ServerState:
     if not 16 <= args.max_model_len <= DECODER_CONTEXT:
         raise ValueError(f"--max-model-len must be between 16 and {DECODER_CONTEXT}, got {args.max_model_len}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model(args.model, dtype=args.dtype, device=device)
+    loaded = load_model(args.model, dtype=args.dtype, device=device, quantization=args.quantization)
     config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
                           gpu_memory_utilization=args.gpu_memory_utilization,
                           attention_backend=args.attention_backend, enforce_eager=args.enforce_eager)

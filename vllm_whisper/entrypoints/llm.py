@@ -22,8 +22,8 @@ class LLM:
     """Load a Whisper model once and transcribe or translate many inputs with it on the batched engine."""
 
     def __init__(self, model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cpu",
-                 engine_config: EngineConfig | None = None):
-        self.loaded: LoadedModel = load_model(model, dtype=dtype, device=device)
+                 engine_config: EngineConfig | None = None, quantization: str | None = None):
+        self.loaded: LoadedModel = load_model(model, dtype=dtype, device=device, quantization=quantization)
         self.engine = LLMEngine(self.loaded, engine_config)
 
     @property

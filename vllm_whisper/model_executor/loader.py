@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from vllm_whisper.model_executor.aliases import OFFLINE_ALIASES, resolve_alias
+from vllm_whisper.model_executor.quantization import check_quantization, quantize_int8
 from vllm_whisper.model_executor.ct2_format import read_ct2_model
 from vllm_whisper.model_executor.ct2_whisper import ct2_to_state_dict
 from vllm_whisper.model_executor.errors import ModelLoadError
@@ -63,9 +64,15 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch
     return _DTYPES[dtype]
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str = "cpu") -> LoadedModel:
-    """Find, read and build a Whisper model; every failure is a ModelLoadError naming the file or the fix."""
+def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str = "cpu",
+               quantization: str | None = None) -> LoadedModel:
+    """Find, read and build a Whisper model; every failure is a ModelLoadError naming the file or the fix.
+    quantization "int8" stores the linear layers' weights as int8 (CPU, float32 activations)."""
     name = str(name_or_path)
+    try:
+        check_quantization(quantization, device, resolve_dtype(dtype, device))
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
     if name in OFFLINE_ALIASES:
         directory = resolve_alias(name)
     else:
@@ -95,6 +102,8 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "auto
     except TokenizerLoadError as exc:
         raise ModelLoadError(str(exc)) from exc
     model = _build(config, state_dict, resolve_dtype(dtype, device), device, directory)
+    if quantization == "int8":
+        quantize_int8(model)
     model.tokenizer = tokenizer
     generation = GenerationDefaults(
         suppress_tokens=tuple(suppress if suppress is not None else tokenizer.default_suppress_tokens()),

@@ -155,6 +155,8 @@ class WhisperModel(nn.Module, SupportsTranscription):
         self.config = config
         self.encoder = WhisperEncoder(config)
         self.decoder = WhisperDecoder(config)
+        self.logits_projection: nn.Module | None = None  # set by quantization: the tied projection's int8 copy
+        self.quantization: str | None = None
 
     # --- the three steps the engine schedules --------------------------------------------------------
     def encode(self, mel: Tensor) -> Tensor:
@@ -180,6 +182,8 @@ class WhisperModel(nn.Module, SupportsTranscription):
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """Output projection tied to the token embedding, in float32 for stable sampling."""
+        if self.logits_projection is not None:
+            return self.logits_projection(hidden).float()
         return (hidden @ self.decoder.embed_tokens.weight.T).float()
 
     # --- SupportsTranscription -----------------------------------------------------------------------
