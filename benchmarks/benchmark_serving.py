@@ -235,7 +235,8 @@ class LaunchedServer:
 
 def server_commands(args: argparse.Namespace, port: int) -> dict[str, list[str]]:
     ours = [sys.executable, "-m", "vllm_whisper.entrypoints.api_server", "--model", args.model, "--port", str(port),
-            "--max-num-seqs", str(max(args.concurrency, 1)), "--log-level", "warning"]
+            "--max-num-seqs", str(max(args.concurrency, 1)), "--log-level", "warning",
+            *(["--quantization", args.quantization] if args.quantization else [])]
     commands = {"vllm-whisper": ours}
     try:
         import faster_whisper  # noqa: F401
@@ -287,6 +288,8 @@ def main() -> None:
     parser.add_argument("--max-sentences", type=int, default=8, help="longest synthetic clip, in sentences")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a request counts as lost")
     parser.add_argument("--peer-compute-type", default="int8")
+    parser.add_argument("--quantization", choices=("int8",), default=None,
+                        help="start our server with --quantization int8 (CPU; the peer runs --peer-compute-type)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 

@@ -3,6 +3,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+#include <tuple>
+
 namespace vllm_whisper {
 
 // Self-attention K/V of new tokens into the paged cache: key_cache.view(-1, heads, head_dim)[slot] = key[i]
@@ -18,6 +21,12 @@ void reshape_and_cache_cross_cpu(const at::Tensor& key, const at::Tensor& value,
 void apply_whisper_logits_rules_cpu(at::Tensor& logits, const at::Tensor& output_tokens,
                                     const at::Tensor& output_lens, const at::Tensor& row_config,
                                     const at::Tensor& suppress_tokens, const at::Tensor& begin_suppress_tokens);
+
+// --quantization int8 (CPU): each row of a float32 (rows, features) matrix as int8 with one scale per row
+// (max |row| / 127, round half to even), and an int32 product back to float32: acc * row_scale * col_scale + bias.
+std::tuple<at::Tensor, at::Tensor> quantize_rows_int8_cpu(const at::Tensor& x);
+at::Tensor dequantize_int8_rows_cpu(const at::Tensor& acc, const at::Tensor& row_scales, const at::Tensor& col_scales,
+                                    const std::optional<at::Tensor>& bias);
 
 #ifdef VLLM_WHISPER_CUDA
 void reshape_and_cache_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,

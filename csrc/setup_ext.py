@@ -39,7 +39,9 @@ CSRC = ROOT / "csrc"
 DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0"
 EXTENSION = "vllm_whisper._C"
 
-CXX_FLAGS = ["-O3", "-g0", "-fopenmp"]  # after Python's CFLAGS (-g -O3): no debug info, OpenMP as in torch
+# After Python's CFLAGS (-g -O3): no debug info, OpenMP as in torch, and no fused multiply-add contraction (the int8
+# rescale must round as its torch reference does, also when someone adds -march=native).
+CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off"]
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
 # What torch.utils.cpp_extension adds to every nvcc command (half/bf16 go through c10's types).
 TORCH_NVCC_FLAGS = [

@@ -16,12 +16,16 @@ TORCH_LIBRARY(vllm_whisper, m) {
   m.def(
       "apply_whisper_logits_rules(Tensor(a!) logits, Tensor output_tokens, Tensor output_lens, "
       "Tensor row_config, Tensor suppress_tokens, Tensor begin_suppress_tokens) -> ()");
+  m.def("quantize_rows_int8(Tensor x) -> (Tensor, Tensor)");
+  m.def("dequantize_int8_rows(Tensor acc, Tensor row_scales, Tensor col_scales, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vllm_whisper, CPU, m) {
   m.impl("reshape_and_cache", &vllm_whisper::reshape_and_cache_cpu);
   m.impl("reshape_and_cache_cross", &vllm_whisper::reshape_and_cache_cross_cpu);
   m.impl("apply_whisper_logits_rules", &vllm_whisper::apply_whisper_logits_rules_cpu);
+  m.impl("quantize_rows_int8", &vllm_whisper::quantize_rows_int8_cpu);
+  m.impl("dequantize_int8_rows", &vllm_whisper::dequantize_int8_rows_cpu);
 }
 
 #ifdef VLLM_WHISPER_CUDA

@@ -366,6 +366,50 @@ print("ok")
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
 
 
+# --- int8 quantize / rescale (--quantization int8) -----------------------------------------------------------
+
+@needs_c
+@pytest.mark.parametrize("rows,cols", [(1, 384), (7, 1001), (1500, 384), (3, 1536)])
+def test_quantize_rows_int8_matches_torch_bit_for_bit(rows, cols):
+    gen = torch.Generator().manual_seed(rows + cols)
+    x = torch.randn(rows, cols, generator=gen) * 4
+    x[0, :5] = torch.tensor([0.0, 0.5, 1.5, -2.5, 127.0])  # exact halves after scaling: round half to even
+    x[-1] = 0.0  # an all-zero row: the smallest scale, all zeros
+    values, scales = ops.quantize_rows_int8(x)
+    want_values, want_scales = ops.quantize_rows_int8_torch(x)
+    assert values.dtype == torch.int8 and scales.shape == (rows, 1)
+    assert torch.equal(values, want_values) and torch.equal(scales, want_scales)
+    assert int(values.abs().amax(dim=1).min()) in (0, 127) and int(values.abs().max()) <= 127
+    strided = torch.randn(cols, rows, generator=gen).t()  # non-contiguous input
+    got, want = ops.quantize_rows_int8(strided), ops.quantize_rows_int8_torch(strided)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@needs_c
+@pytest.mark.parametrize("rows,cols", [(1, 51864), (64, 5000), (1500, 1536), (2, 3)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_dequantize_int8_rows_matches_torch_bit_for_bit(rows, cols, with_bias):
+    gen = torch.Generator().manual_seed(rows * cols)
+    acc = torch.randint(-2**22, 2**22, (rows, cols), dtype=torch.int32, generator=gen)
+    row_scales, col_scales = torch.rand(rows, 1, generator=gen), torch.rand(cols, generator=gen)
+    bias = torch.randn(cols, generator=gen) if with_bias else None
+    got = ops.dequantize_int8_rows(acc, row_scales, col_scales, bias)
+    assert torch.equal(got, ops.dequantize_int8_rows_torch(acc, row_scales, col_scales, bias))
+
+
+@needs_c
+def test_int8_ops_reject_wrong_inputs():
+    with pytest.raises(ValueError, match="2-D float32"):
+        ops.quantize_rows_int8(torch.randn(2, 3, 4))
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.vllm_whisper.quantize_rows_int8(torch.randn(2, 3).half())
+    acc = torch.zeros(2, 3, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="one float32 per column"):
+        torch.ops.vllm_whisper.dequantize_int8_rows(acc, torch.ones(2, 1), torch.ones(4), None)
+    with pytest.raises(RuntimeError, match="one float32 per row"):
+        torch.ops.vllm_whisper.dequantize_int8_rows(acc, torch.ones(3, 1), torch.ones(3), None)
+
+
 # --- fake implementations (torch.compile) --------------------------------------------------------------------------
 
 @needs_c
@@ -382,6 +426,11 @@ def test_opcheck():
     logits, rules, histories = random_batch(5, 6, vocab=100, eot=50, no_ts=59, ts_begin=60)
     torch.library.opcheck(torch.ops.vllm_whisper.apply_whisper_logits_rules.default,
                           (logits, *ops.pack_logits_rules(rules, histories).as_args()))
+    torch.library.opcheck(torch.ops.vllm_whisper.quantize_rows_int8.default, (torch.randn(4, 24, generator=gen),))
+    acc = torch.randint(-1000, 1000, (4, 6), dtype=torch.int32, generator=gen)
+    for bias in (None, torch.randn(6, generator=gen)):
+        torch.library.opcheck(torch.ops.vllm_whisper.dequantize_int8_rows.default,
+                              (acc, torch.rand(4, 1, generator=gen), torch.rand(6, generator=gen), bias))
 
 
 @needs_c

@@ -42,6 +42,17 @@ def test_int8_linear_matches_float32_within_quantization_error(shape, bias):
         Int8Linear.from_linear(linear)(x.bfloat16())
 
 
+def test_a_row_does_not_depend_on_the_rest_of_the_batch():
+    """Per-row input scales: a quiet sequence gets bit-identical outputs alone and beside a loud one, so a request's
+    transcript does not change with the server's load."""
+    gen = torch.Generator().manual_seed(1)
+    layer = Int8Linear(torch.randn(512, 384, generator=gen) * 0.05, torch.randn(512, generator=gen))
+    quiet = torch.randn(1, 384, generator=gen)
+    batch = torch.cat([quiet, 100 * torch.randn(5, 384, generator=gen)])
+    with torch.no_grad():
+        assert torch.equal(layer(batch)[:1], layer(quiet))
+
+
 def test_every_linear_layer_and_the_output_projection_are_int8(int8_llm):
     model = int8_llm.loaded.model
     assert model.quantization == "int8"

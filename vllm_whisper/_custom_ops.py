@@ -13,6 +13,9 @@ Ops:
   apply_whisper_logits_rules / apply_whisper_logits_rules_
                            Whisper's logits rules for a batch (suppress blank, suppress tokens, the timestamp
                            rules, the logsumexp rule) in one call, with no host sync
+  quantize_rows_int8 / dequantize_int8_rows
+                           --quantization int8 on the CPU: a float32 matrix as int8 with one scale per row, and an
+                           int32 product back to float32 (row scale x column scale + bias), each in one pass
 Cache layouts are engine/kv_cache.py's; the rules are decoding/logits_rules.py's (batched: engine/sampler.py).
 """
 
@@ -291,6 +294,44 @@ def apply_whisper_logits_rules_torch_(logits: Tensor, batch: LogitsRulesBatch) -
     return logits
 
 
+# --- int8 matrix products (CPU) ---------------------------------------------------------------------------------
+
+def _use_c_int8(*tensors: Tensor) -> bool:
+    return HAS_C_EXTENSION and all(t.device.type == "cpu" for t in tensors)
+
+
+def quantize_rows_int8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """float32 (rows, features) -> (int8 values in [-127, 127], float32 scales (rows, 1)), scale = max |row| / 127
+    (at least 1e-12 / 127), values rounded half to even."""
+    if x.dim() != 2 or x.dtype != torch.float32:
+        raise ValueError(f"quantize_rows_int8 takes a 2-D float32 matrix, got {x.dtype} {tuple(x.shape)}")
+    if _use_c_int8(x):
+        return torch.ops.vllm_whisper.quantize_rows_int8(x)
+    return quantize_rows_int8_torch(x)
+
+
+def quantize_rows_int8_torch(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The torch reference of quantize_rows_int8."""
+    scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+    return torch.round(x / scale).to(torch.int8), scale
+
+
+def dequantize_int8_rows(acc: Tensor, row_scales: Tensor, col_scales: Tensor, bias: Tensor | None = None) -> Tensor:
+    """int32 (rows, cols) product of int8 matrices -> float32 acc * row_scales[r] * col_scales[c] (+ bias[c])."""
+    if acc.dim() != 2 or acc.dtype != torch.int32:
+        raise ValueError(f"dequantize_int8_rows takes a 2-D int32 product, got {acc.dtype} {tuple(acc.shape)}")
+    if _use_c_int8(acc, row_scales, col_scales):
+        return torch.ops.vllm_whisper.dequantize_int8_rows(acc, row_scales, col_scales, bias)
+    return dequantize_int8_rows_torch(acc, row_scales, col_scales, bias)
+
+
+def dequantize_int8_rows_torch(acc: Tensor, row_scales: Tensor, col_scales: Tensor,
+                               bias: Tensor | None = None) -> Tensor:
+    """The torch reference of dequantize_int8_rows (same order of operations: bit-identical results)."""
+    out = acc.float().mul_(row_scales.reshape(-1, 1)).mul_(col_scales.reshape(1, -1))
+    return out if bias is None else out.add_(bias)
+
+
 # --- torch.compile: shapes-only (fake) implementations ---------------------------------------------------------
 
 if HAS_C_EXTENSION:
@@ -309,3 +350,13 @@ if HAS_C_EXTENSION:
     def _apply_whisper_logits_rules_fake(logits, output_tokens, output_lens, row_config, suppress_tokens,
                                          begin_suppress_tokens) -> None:
         torch._check(logits.dim() == 2 and output_tokens.dim() == 2 and row_config.dim() == 2)
+
+    @torch.library.register_fake("vllm_whisper::quantize_rows_int8")
+    def _quantize_rows_int8_fake(x):
+        torch._check(x.dim() == 2)
+        return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0], 1))
+
+    @torch.library.register_fake("vllm_whisper::dequantize_int8_rows")
+    def _dequantize_int8_rows_fake(acc, row_scales, col_scales, bias):
+        torch._check(acc.dim() == 2)
+        return acc.new_empty(acc.shape, dtype=torch.float32)

@@ -2,55 +2,43 @@
 
 On the CPU every Whisper step is bound by reading weights (a tiny.en decode step reads ~110 MB in float32, 80 MB of
 it the 51864-row output projection) or by float32 matrix throughput (the encoder). Each linear layer, and the
-output projection tied to the token embedding, becomes per-output-channel symmetric int8 weights run by PyTorch's
-dynamic-quantized linear (fbgemm / oneDNN: activations quantized per call, int8 dot products, float32 out).
-Embeddings, convolutions, layer norms and attention stay float32, and so does the KV cache.
+output projection tied to the token embedding, becomes symmetric int8 weights with one scale per output channel;
+each call quantizes its input with one scale per row (token or frame), multiplies int8 by int8 into int32
+(torch._int_mm) and rescales to float32 (the quantize and rescale passes are vllm_whisper._C ops, one pass each).
+Per-row input scales keep a sequence's result independent of what else is in the batch (a per-tensor scale would
+let one loud row coarsen every other row's tokens). Embeddings, convolutions, layer norms, attention and the KV
+cache stay float32.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
+from vllm_whisper import _custom_ops as ops
 from vllm_whisper.model_executor.whisper import WhisperModel
 
 QUANTIZATION_METHODS = ("int8",)
 
 
-@lru_cache(maxsize=1)
-def _has_vnni() -> bool:
-    """x86 VNNI multiplies u8 x s8 into int32 without the int16 saturation of older AVX2 paths, so activations can use
-    all 8 bits there; elsewhere they are reduced to 7 bits (PyTorch's default for x86)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 class Int8Linear(nn.Module):
-    """y = x W^T + b with W stored as int8 per output row (scale = max |row| / 127)."""
+    """y = x W^T + b with W as int8 per output channel and x quantized per row on each call."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
         super().__init__()
         weight = weight.detach().float().cpu()
-        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
-        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
-        qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-        bias = None if bias is None else bias.detach().float().cpu()
-        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        self._reduce_range = not _has_vnni()
+        self.out_features, self.in_features = weight.shape
+        qweight, scales = ops.quantize_rows_int8(weight)
+        self.register_buffer("qweight", qweight)  # (out, in) int8
+        self.register_buffer("scales", scales.reshape(-1))  # (out,) float32
+        self.register_buffer("bias", None if bias is None else bias.detach().float().cpu())
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != torch.float32:
             raise ValueError(f"int8 layers take float32 activations, got {x.dtype}; load the model in float32")
         shape = x.shape
-        out = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).contiguous(), self._packed,
-                                                 self._reduce_range)
+        xq, x_scale = ops.quantize_rows_int8(x.reshape(-1, self.in_features))
+        out = ops.dequantize_int8_rows(torch._int_mm(xq, self.qweight.t()), x_scale, self.scales, self.bias)
         return out.reshape(*shape[:-1], self.out_features)
 
     @classmethod
@@ -58,7 +46,7 @@ class Int8Linear(nn.Module):
         return cls(linear.weight, linear.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel x per row"
 
 
 def check_quantization(method: str | None, device: str | torch.device, dtype: torch.dtype) -> None:
@@ -71,9 +59,10 @@ def check_quantization(method: str | None, device: str | torch.device, dtype: to
         raise ValueError("--quantization int8 is for the CPU; on a GPU use --dtype float16 or bfloat16")
     if dtype != torch.float32:
         raise ValueError(f"--quantization int8 keeps activations in float32; use --dtype float32 or auto, not {dtype}")
-    engines = torch.backends.quantized.supported_engines
-    if "x86" not in engines and "fbgemm" not in engines:
-        raise ValueError("--quantization int8 needs PyTorch's x86 / fbgemm quantized kernels, which this build lacks")
+    try:
+        torch._int_mm(torch.ones(1, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
+    except RuntimeError as exc:
+        raise ValueError(f"--quantization int8 needs PyTorch's int8 matrix multiply on the CPU: {exc}") from exc
 
 
 def quantize_int8(model: WhisperModel) -> WhisperModel:
