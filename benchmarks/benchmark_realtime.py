@@ -119,7 +119,7 @@ def summary(system: str, rows: list[dict]) -> dict:
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"\nRealtime transcription (5 s-class utterances, 100 ms chunks at real-time pace)")
+    print("\nRealtime transcription (5 s-class utterances, 100 ms chunks at real-time pace)")
     print(f"Machine: {machine_description()}")
     print(f"{'system':<44} {'first delta':>11} {'(max)':>6} {'done-commit':>11} {'(max)':>6} {'done-end':>8} {'WER':>6}")
 
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--base-url", default=None, help="a running server (default: start ours in-process)")
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--quantization", choices=("int8",), default=None, help="our server with int8 weights (CPU)")
     parser.add_argument("--utterances", type=int, default=5)
     parser.add_argument("--sentences", type=int, default=2, help="sentences per utterance (2 gives about 5 s)")
     parser.add_argument("--json", type=Path, default=None)
@@ -149,7 +150,8 @@ def main() -> None:
         else:
             from vllm_whisper.testing.server import serve_in_thread
 
-            with serve_in_thread("--model", args.model, "--dtype", args.dtype) as server:
+            quantization = ["--quantization", args.quantization] if args.quantization else []
+            with serve_in_thread("--model", args.model, "--dtype", args.dtype, *quantization) as server:
                 results = _measure(server.base_url, items, args.model)
     print_table(results)
     if args.json:
