@@ -22,7 +22,6 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 import torch
-from common import machine_description
+from common import machine_description, progress
 
 SAMPLE_RATE = 16000
 TOLERANCE_S = 0.5
@@ -85,13 +84,6 @@ class System(Protocol):
     name: str
 
     def transcribe(self, audios: list[np.ndarray], word_timestamps: bool = False) -> list[Transcript]: ...
-
-
-def progress(iterable, **kwargs):
-    """tqdm on a terminal, the plain iterable otherwise."""
-    from tqdm import tqdm
-
-    return tqdm(iterable, disable=not sys.stderr.isatty(), leave=False, **kwargs)
 
 
 def batches(items: list, size: int) -> list[list]:

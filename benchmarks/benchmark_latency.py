@@ -35,7 +35,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from common import machine_description
+from common import machine_description, progress
 
 STAGES: dict[str, str] = {
     "audio_decode": "audio decode (PyAV)",
@@ -290,7 +290,7 @@ def measure(systems: list[System], args: argparse.Namespace) -> list[SystemRun]:
     elsewhere on a shared machine falls on all of them alike; the first `warmup` rounds are not kept."""
     runs = [SystemRun(system.name) for system in systems]
     clock = Clock(args.device)
-    for round_index in range(args.warmup + args.repeats):
+    for round_index in progress(range(args.warmup + args.repeats), desc="rounds"):
         for system, run in zip(systems, runs):
             sample = system.request()
             with torch.inference_mode():

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from common import machine_description
+from common import machine_description, progress
 
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.decoding.logits_rules import LogitsRules
@@ -373,7 +373,7 @@ def sweep(workload: Workload, options: Options, system: str, batch_sizes: tuple[
     """One system over its batch sizes; also returns the tokens of its first successful pass."""
     rows: list[Row] = []
     first_tokens = None
-    for i, batch_size in enumerate(batch_sizes):
+    for i, batch_size in enumerate(progress(batch_sizes, desc=f"{system}, {workload.shape}")):
         row, result = attempt(workload, system, plan_pass(options, batch_size, first=i == 0), run)
         rows.append(row)
         if first_tokens is None and result is not None:

@@ -30,7 +30,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description  # noqa: E402
+from common import machine_description, progress  # noqa: E402
 
 
 @dataclass
@@ -98,6 +98,13 @@ async def run_load(base_url: str, model: str, clips: list[Clip], concurrency: in
     outcomes: list[Outcome] = []
     rng = random.Random(0)
     connector = aiohttp.TCPConnector(limit=0)
+    bar = progress(desc="requests answered", unit="req")
+
+    async def answered(clip: Clip) -> Outcome:
+        outcome = await one_request(session, url, model, clip, stream, timeout)
+        bar.update(1)
+        return outcome
+
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.perf_counter()
         deadline = start + duration
@@ -105,18 +112,18 @@ async def run_load(base_url: str, model: str, clips: list[Clip], concurrency: in
             async def client(index: int) -> None:
                 k = index
                 while time.perf_counter() < deadline:
-                    outcomes.append(await one_request(session, url, model, clips[k % len(clips)], stream, timeout))
+                    outcomes.append(await answered(clips[k % len(clips)]))
                     k += concurrency
             await asyncio.gather(*(client(i) for i in range(concurrency)))
         else:
             tasks, k = [], 0
             while time.perf_counter() < deadline:
-                tasks.append(asyncio.create_task(one_request(session, url, model, clips[k % len(clips)], stream,
-                                                             timeout)))
+                tasks.append(asyncio.create_task(answered(clips[k % len(clips)])))
                 k += 1
                 await asyncio.sleep(rng.expovariate(rate))
             outcomes = list(await asyncio.gather(*tasks))
         wall = time.perf_counter() - start
+    bar.close()
     return outcomes, wall
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import report
+from common import progress, report
 
 
 def run_engine(model: str, dtype: str, paths: list[Path], audio_seconds: float, together: bool,
@@ -28,7 +28,7 @@ def run_engine(model: str, dtype: str, paths: list[Path], audio_seconds: float, 
     if together:
         results = llm.transcribe(paths)
     else:
-        results = [llm.transcribe([p])[0] for p in paths]
+        results = [llm.transcribe([p])[0] for p in progress(paths, desc="vllm-whisper, one at a time")]
     wall = time.perf_counter() - start
     tokens = sum(len(s.tokens) for r in results for s in r.segments)
     label = "vllm-whisper, all at once" if together else "vllm-whisper, one at a time"
@@ -51,7 +51,7 @@ def run_faster_whisper(model: str, compute_type: str, paths: list[Path], audio_s
     list(fw.transcribe(str(paths[0]), **options)[0])  # warm-up
     start = time.perf_counter()
     texts, tokens = [], 0
-    for path in paths:
+    for path in progress(paths, desc=f"faster-whisper ({compute_type})"):
         segments, _ = fw.transcribe(str(path), **options)
         segments = list(segments)
         texts.append("".join(s.text for s in segments).strip())

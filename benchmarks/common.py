@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,13 @@ def machine_description() -> str:
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}{gpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
             f"Python {platform.python_version()}")
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on a terminal (stderr), silent otherwise, so long runs show where they are without filling logs."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=not sys.stderr.isatty(), leave=False, **kwargs)
 
 
 def report(title: str, rows: list[dict], references: list[str], json_path: Path | None, **meta) -> None:

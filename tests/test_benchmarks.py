@@ -78,3 +78,18 @@ def test_benchmark_realtime_short_run(tmp_path):
     for row in data["results"]:
         assert row["failed"] == 0 and row["completed_after_commit_mean_s"] > 0 and 0 <= row["wer"] <= 1
     assert data["results"][0]["first_delta_mean_s"] > 0
+
+
+def test_progress_bars_on_a_terminal_only():
+    """Long benchmark loops draw a tqdm bar when stderr is a terminal and stay silent in logs and pipes."""
+    code = (
+        "import io, sys; sys.path.insert(0, 'benchmarks'); from common import progress\n"
+        "class Terminal(io.StringIO):\n"
+        "    def isatty(self): return True\n"
+        "sys.stderr = Terminal(); items = list(progress(range(5), desc='clips')); drawn = sys.stderr.getvalue()\n"
+        "sys.stderr = io.StringIO(); list(progress(range(5), desc='clips')); piped = sys.stderr.getvalue()\n"
+        "print(items == list(range(5)), 'clips' in drawn and '/5' in drawn, piped == '')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True"]
