@@ -22,9 +22,10 @@ SPEECH = {
 }
 
 
-@pytest.fixture(scope="module")
-def llm() -> LLM:
-    return LLM(model="base")
+@pytest.fixture(scope="module", params=[None, "int8"], ids=["float32", "int8"])
+def llm(request) -> LLM:
+    """base in float32 and with --quantization int8: both detect, transcribe and translate the five languages."""
+    return LLM(model="base", quantization=request.param)
 
 
 @pytest.fixture(scope="module")
