@@ -128,6 +128,8 @@ def test_enforce_eager_flag_reaches_the_engine_config():
     assert build_parser().parse_args(["transcribe", "a.wav", "--enforce-eager"]).enforce_eager
     assert not build_parser().parse_args(["transcribe", "a.wav"]).enforce_eager
     assert server_parser().parse_args(["--enforce-eager"]).enforce_eager
+    assert server_parser().parse_args(["--max-encoder-windows-per-step", "1"]).max_encoder_windows_per_step == 1
+    assert server_parser().parse_args([]).max_encoder_windows_per_step is None
 
 
 @pytest.mark.gpu

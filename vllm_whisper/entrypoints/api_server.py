@@ -76,6 +76,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-space", type=float, default=4.0, help="GiB for the caches on the CPU")
     parser.add_argument("--attention-backend", choices=("auto", "torch", "triton", "xformers"), default="auto",
                         help="attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton, xformers")
+    parser.add_argument("--max-encoder-windows-per-step", type=int, default=None,
+                        help="new 30 s windows encoded per engine step (default 16 on CUDA, 2 on CPU): lower keeps "
+                             "running streams' token gaps short, higher admits bursts faster")
     parser.add_argument("--enforce-eager", action="store_true",
                         help="never capture CUDA graphs for decode steps (they are captured on CUDA with Triton)")
     parser.add_argument("--max-audio-filesize-mb", type=float, default=25.0)
@@ -94,7 +97,8 @@ def create_state(args: argparse.Namespace) -> ServerState:
     loaded = load_model(args.model, dtype=args.dtype, device=device, quantization=args.quantization)
     config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
                           gpu_memory_utilization=args.gpu_memory_utilization,
-                          attention_backend=args.attention_backend, enforce_eager=args.enforce_eager)
+                          attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+                          max_encoder_windows_per_step=args.max_encoder_windows_per_step)
     llm_engine = LLMEngine(loaded, config)
     warm_up(llm_engine)
     engine = AsyncLLMEngine(llm_engine)
