@@ -24,6 +24,7 @@ from vllm_whisper.kernels._common import (
     alloc, check_device, check_dtype, check_head_dim, default_block, dot_precision, next_power_of_2,
     patch_interpreter_for_numpy_2_4, sm_count, tensor_core_dots,
 )
+from vllm_whisper.kernels.online_softmax import softmax_step_row, softmax_step_tile
 
 patch_interpreter_for_numpy_2_4()
 
@@ -69,11 +70,8 @@ def _cross_decode_kernel(
         v = tl.load(v_base + cols[:, None] * s_vn, mask=col_ok[:, None], other=0.0).to(tl.float32)  # both in flight
         qk = tl.sum(q[None, :] * k, 1)
         qk = tl.where(col_ok, qk, float("-inf"))
-        m_new = tl.maximum(tl.max(qk, 0), m_i)
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(qk - m_new)
+        p, alpha, m_new, l_i = softmax_step_row(qk, m_i, l_i)
         acc = acc * alpha + tl.sum(p[:, None] * v, 0)
-        l_i = l_i * alpha + tl.sum(p, 0)
         m_i = m_new
     if NUM_SPLITS == 1:
         tl.store(O + b.to(tl.int64) * s_ob + h * s_oh + offs_d * s_od, (acc / l_i).to(O.dtype.element_ty))
@@ -115,10 +113,7 @@ def _cross_prefill_kernel(
         k = tl.load(k_base + cols[None, :] * s_kn, mask=col_ok[None, :], other=0.0).to(q.dtype)
         qk = tl.dot(q, k, input_precision=PRECISION) * qk_scale
         qk = tl.where(col_ok[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = softmax_step_tile(qk, m_i, l_i)
         v = tl.load(v_base + cols[:, None] * s_vn, mask=col_ok[:, None], other=0.0).to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
         m_i = m_new

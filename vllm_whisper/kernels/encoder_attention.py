@@ -20,6 +20,7 @@ from vllm_whisper.kernels._common import (
     alloc, check_device, check_dtype, check_head_dim, dot_precision, patch_interpreter_for_numpy_2_4,
     tensor_core_dots,
 )
+from vllm_whisper.kernels.online_softmax import softmax_step_tile
 
 patch_interpreter_for_numpy_2_4()
 
@@ -59,10 +60,7 @@ def _encoder_attention_kernel(
         cols = start_n + offs_n
         k = tl.load(k_base + cols[None, :] * s_kn)
         qk = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = softmax_step_tile(qk, m_i, l_i)
         v = tl.load(v_base + cols[:, None] * s_vn)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
@@ -72,10 +70,7 @@ def _encoder_attention_kernel(
         k = tl.load(k_base + cols[None, :] * s_kn, mask=col_ok[None, :], other=0.0)
         qk = tl.dot(q, k, input_precision=PRECISION) * qk_scale
         qk = tl.where(col_ok[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = softmax_step_tile(qk, m_i, l_i)
         v = tl.load(v_base + cols[:, None] * s_vn, mask=col_ok[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     acc = acc / l_i[:, None]
