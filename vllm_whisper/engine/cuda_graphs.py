@@ -48,28 +48,43 @@ class DecodeRow:
     cross_slot: int
 
 
-@dataclass
 class DecodeBuffers:
-    """Device inputs of every bucket's graph; a bucket of N reads the first N rows, so one set serves all sizes."""
+    """The step's inputs for every bucket's graph, packed in one int64 matrix so a step stages them with one host
+    copy and one host-to-device copy; a bucket of N reads the first N rows, so one set serves all sizes. The
+    graphs derive the kernels' int32 tables and lengths from it on the device. Columns: token, position (= tokens
+    cached before the step), the new token's flat cache slot (-1: padding, writes nothing), cross-attention slot,
+    then the block table (zero-padded). The host copy is pinned on CUDA and reused: a step stages only after the
+    previous step's sampled tokens reached the host, so its copy has finished."""
 
-    tokens: Tensor  # (max_batch, 1) int64
-    positions: Tensor  # (max_batch, 1) int64
-    block_tables: Tensor  # (max_batch, max_blocks) int32
-    past_lens: Tensor  # (max_batch,) int32: tokens cached before the step (= position)
-    context_lens: Tensor  # (max_batch,) int32: tokens cached after it (= position + 1)
-    slot_mapping: Tensor  # (max_batch, 1) int64: the new token's flat cache slot, -1 for padding rows
-    cross_slots: Tensor  # (max_batch,) int32
+    TOKEN, POSITION, SLOT, CROSS_SLOT, TABLE = 0, 1, 2, 3, 4
 
-    @classmethod
-    def allocate(cls, max_batch: int, max_blocks: int, device: torch.device) -> "DecodeBuffers":
-        def zeros(*shape: int, dtype: torch.dtype) -> Tensor:
-            return torch.zeros(shape, dtype=dtype, device=device)
+    def __init__(self, max_batch: int, max_blocks: int, device: torch.device):
+        self.max_blocks = max_blocks
+        width = self.TABLE + max_blocks
+        self.host = torch.zeros(max_batch, width, dtype=torch.long, pin_memory=device.type == "cuda")
+        self.device = torch.zeros(max_batch, width, dtype=torch.long, device=device)
+        self.device[:, self.SLOT] = -1  # all padding until the first step: captures write nothing
 
-        return cls(zeros(max_batch, 1, dtype=torch.long), zeros(max_batch, 1, dtype=torch.long),
-                   zeros(max_batch, max_blocks, dtype=torch.int32), zeros(max_batch, dtype=torch.int32),
-                   torch.ones(max_batch, dtype=torch.int32, device=device),
-                   torch.full((max_batch, 1), -1, dtype=torch.long, device=device),
-                   zeros(max_batch, dtype=torch.int32))
+    @staticmethod
+    def padding_row(width: int) -> list[int]:
+        row = [0] * width
+        row[DecodeBuffers.SLOT] = -1
+        return row
+
+    def stage(self, rows: list[DecodeRow], size: int, block_size: int) -> None:
+        """Write the step's rows, then padding up to `size`, and copy them to the device."""
+        longest = max(len(row.block_table) for row in rows)
+        if longest > self.max_blocks:
+            raise ValueError(f"a sequence holds {longest} blocks, more than the {self.max_blocks} a decoder context "
+                             "can fill")
+        width = self.TABLE + self.max_blocks
+        packed = [[row.token, row.position,
+                   row.block_table[row.position // block_size] * block_size + row.position % block_size,
+                   row.cross_slot, *row.block_table, *[0] * (self.max_blocks - len(row.block_table))]
+                  for row in rows]
+        packed += [self.padding_row(width)] * (size - len(rows))
+        self.host[:size].copy_(torch.tensor(packed, dtype=torch.long))
+        self.device[:size].copy_(self.host[:size], non_blocking=True)
 
 
 class DecodeGraphs:
@@ -84,7 +99,7 @@ class DecodeGraphs:
         self.cache = cache
         self.batch_sizes = sorted(set(batch_sizes))
         self.max_blocks = -(-model.config.max_target_positions // cache.block_size)
-        self.buffers = DecodeBuffers.allocate(self.max_batch, self.max_blocks, model.device)
+        self.buffers = DecodeBuffers(self.max_batch, self.max_blocks, model.device)
         self.captured = capture
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.replays = 0
@@ -101,11 +116,13 @@ class DecodeGraphs:
     @torch.inference_mode()
     def _forward(self, size: int) -> Tensor:
         """The decode step over the first `size` buffer rows: (size, vocab) float32 logits."""
-        b = self.buffers
-        attention = TritonPagedAttention.from_tensors(self.cache, b.block_tables[:size], b.past_lens[:size],
-                                                      b.context_lens[:size], b.slot_mapping[:size],
-                                                      b.cross_slots[:size])
-        hidden = self.model.decoder(b.tokens[:size], b.positions[:size], attention)
+        b, packed = self.buffers, self.buffers.device[:size]
+        position = packed[:, b.POSITION]
+        attention = TritonPagedAttention.from_tensors(
+            self.cache, packed[:, b.TABLE:].to(torch.int32), position.to(torch.int32), (position + 1).to(torch.int32),
+            packed[:, b.SLOT:b.SLOT + 1], packed[:, b.CROSS_SLOT].to(torch.int32),
+        )
+        hidden = self.model.decoder(packed[:, b.TOKEN:b.TOKEN + 1], packed[:, b.POSITION:b.POSITION + 1], attention)
         return self.model.compute_logits(hidden[:, 0])
 
     def _capture_all(self) -> None:
@@ -128,7 +145,7 @@ class DecodeGraphs:
         size = self.bucket(len(rows))
         if size is None:
             raise ValueError(f"a decode batch of {len(rows)} exceeds the largest captured size {self.max_batch}")
-        self._stage(rows, size)
+        self.buffers.stage(rows, size, self.cache.block_size)
         if self.captured:
             graph, logits = self._graphs[size]
             graph.replay()
@@ -136,24 +153,3 @@ class DecodeGraphs:
             logits = self._forward(size)
         self.replays += 1
         return logits[:len(rows)]
-
-    def _stage(self, rows: list[DecodeRow], size: int) -> None:
-        """Copy the step's host values into the first `size` buffer rows, padding the rest."""
-        block_size = self.cache.block_size
-        padding = size - len(rows)
-        tables = torch.zeros(size, self.max_blocks, dtype=torch.int32)
-        for i, row in enumerate(rows):
-            if len(row.block_table) > self.max_blocks:
-                raise ValueError(f"a sequence holds {len(row.block_table)} blocks, more than the {self.max_blocks} "
-                                 "a decoder context can fill")
-            tables[i, :len(row.block_table)] = torch.tensor(row.block_table, dtype=torch.int32)
-        positions = [row.position for row in rows]
-        slots = [row.block_table[p // block_size] * block_size + p % block_size for row, p in zip(rows, positions)]
-        b = self.buffers
-        b.tokens[:size, 0].copy_(torch.tensor([row.token for row in rows] + [0] * padding))
-        b.positions[:size, 0].copy_(torch.tensor(positions + [0] * padding))
-        b.block_tables[:size].copy_(tables)
-        b.past_lens[:size].copy_(torch.tensor(positions + [0] * padding, dtype=torch.int32))
-        b.context_lens[:size].copy_(torch.tensor([p + 1 for p in positions] + [1] * padding, dtype=torch.int32))
-        b.slot_mapping[:size, 0].copy_(torch.tensor(slots + [-1] * padding))
-        b.cross_slots[:size].copy_(torch.tensor([row.cross_slot for row in rows] + [0] * padding, dtype=torch.int32))
