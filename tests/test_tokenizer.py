@@ -85,3 +85,16 @@ def test_vocab_json_and_merges_give_the_same_tokenizer(tiny_en, tmp_path):
 def test_missing_tokenizer_is_named(tmp_path):
     with pytest.raises(TokenizerLoadError, match="expected tokenizer.json"):
         load_tokenizer(tmp_path, 51864)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_en", "base_model"])
+def test_special_token_spelling_in_text_is_plain_text(fixture, request):
+    """A prompt that types "<|endoftext|>" or "<|de|>" gets ordinary text tokens, never the control tokens."""
+    tokenizer = request.getfixturevalue(fixture).tokenizer
+    for text in ("hi <|endoftext|> there", "<|startoftranscript|><|de|><|translate|>", "<|0.00|> now"):
+        ids = tokenizer.encode(text)
+        assert all(i < tokenizer.eot for i in ids), (text, ids)
+        assert tokenizer.decode(ids) == text
+    # ordinary text keeps the tokenizer's own ids
+    text = " The birch canoe slid on the smooth planks. Naïve café, 日本語 🙂"
+    assert tokenizer.encode(text) == tokenizer.tokenizer.encode(text, add_special_tokens=False).ids

@@ -127,7 +127,13 @@ class WhisperTokenizer:
 
     # --- text ---------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        """Ids of `text` as plain text: a special token's spelling typed by a user ("<|endoftext|>") is encoded as
+        its characters, never as the control token, so prompts cannot steer the decoder's special tokens."""
+        tok = self.tokenizer
+        if tok.normalizer is not None:
+            text = tok.normalizer.normalize_str(text)
+        pieces = [piece for piece, _ in tok.pre_tokenizer.pre_tokenize_str(text)] if tok.pre_tokenizer else [text]
+        return [token.id for piece in pieces for token in tok.model.tokenize(piece)]
 
     def decode(self, ids: list[int]) -> str:
         """Text of the ordinary tokens only (special and timestamp tokens are dropped)."""

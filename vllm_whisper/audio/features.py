@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from vllm_whisper.audio.decode import SAMPLE_RATE
+from vllm_whisper.audio.decode import SAMPLE_RATE, AudioDecodeError
 
 N_FFT = 400
 HOP_LENGTH = 160
@@ -61,4 +61,8 @@ def window_features(audio: np.ndarray, n_mels: int) -> torch.Tensor:
     """Features of one window of at most 30 s, padded to 3000 frames as the encoder expects."""
     if len(audio) > N_SAMPLES:
         raise ValueError(f"a window holds at most {N_SAMPLES} samples, got {len(audio)}")
-    return pad_or_trim_frames(log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES))
+    features = pad_or_trim_frames(log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES))
+    if not torch.isfinite(features).all():
+        raise AudioDecodeError("the audio's log-mel features are not finite (extreme sample values); rescale the "
+                               "samples to [-1, 1]")
+    return features

@@ -127,13 +127,18 @@ class AsyncLLMEngine:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
                     continue
-                for output in self.engine.step():
+                outputs = self.engine.step()
+                for output in outputs:
                     stream = self._streams.get(output.request_id)
                     if stream is not None:
                         stream.put(output)
                         if output.finished:
                             self._streams.pop(output.request_id, None)
                 self._stats = self.engine.stats
+                if not outputs and self.engine.is_stalled:
+                    # Waiting for a caller to release a retained window: sleep until a command arrives.
+                    self._wake.wait(timeout=0.5)
+                    self._wake.clear()
         except BaseException as exc:  # an engine bug: fail every caller instead of hanging them
             self._error = exc
             for stream in list(self._streams.values()):

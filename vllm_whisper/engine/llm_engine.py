@@ -127,6 +127,8 @@ class LLMEngine:
         expected = (self.loaded.config.num_mel_bins, 3000)
         if tuple(features.shape) != expected:
             raise ValueError(f"features must have shape {expected}, got {tuple(features.shape)}")
+        if not torch.isfinite(features).all():
+            raise ValueError("features contain NaN or infinite values; the audio cannot be analysed")
         room = self.loaded.config.max_target_positions - len(prompt)
         if not prompt or room <= 0:
             raise ValueError(f"the prompt must hold 1 to {self.loaded.config.max_target_positions - 1} tokens")
@@ -175,12 +177,17 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 
+    @property
+    def is_stalled(self) -> bool:
+        """Requests wait but none runs: the next step does nothing until a caller releases a retained window."""
+        return bool(self.scheduler.waiting) and not self.scheduler.running
+
     # --- the step ---------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         plan = self.scheduler.schedule()
         if plan.is_empty:
-            if self.scheduler.waiting and not self.scheduler.running:
-                raise RuntimeError("no waiting request fits the KV cache; raise the cache budget")
+            # Nothing runs: waiting windows need capacity (a cross-attention slot, blocks) that a finished request's
+            # retained window still holds; it comes back when its caller releases the window. Wait, never fail.
             return []
         self.steps += 1
         if plan.encode:

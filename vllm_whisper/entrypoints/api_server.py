@@ -82,6 +82,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enforce-eager", action="store_true",
                         help="never capture CUDA graphs for decode steps (they are captured on CUDA with Triton)")
     parser.add_argument("--max-audio-filesize-mb", type=float, default=25.0)
+    parser.add_argument("--max-audio-duration", type=float, default=7200.0,
+                        help="longest decoded audio accepted, in seconds (checked while decoding, before resampling; "
+                             "longer uploads get a 400 with code audio_too_long)")
     parser.add_argument("--max-waiting-requests", type=int, default=256,
                         help="requests accepted beyond --max-num-seqs before answering 429")
     parser.add_argument("--allowed-origins", default=None,
@@ -109,6 +112,7 @@ def create_state(args: argparse.Namespace) -> ServerState:
         max_concurrent_requests=args.max_num_seqs + args.max_waiting_requests,
         # Whisper keeps half the context for the previous-text prompt, as the reference does.
         max_new_tokens=min(224, args.max_model_len // 2),
+        max_audio_seconds=args.max_audio_duration,
     )
     service = TranscriptionService(engine, served, limits, metrics)
     return ServerState(loaded, engine, service, metrics, served, args.api_key, int(time.time()))

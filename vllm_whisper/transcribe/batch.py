@@ -39,7 +39,10 @@ def transcribe_batch(engine: LLMEngine, audios: Sequence[np.ndarray],
         submit(file)
     try:
         while in_flight:
-            for out in engine.step():
+            outputs = engine.step()
+            if not outputs and engine.is_stalled:
+                raise RuntimeError("the engine cannot admit any waiting window: every cross-attention slot is held")
+            for out in outputs:
                 if not out.finished:
                     continue
                 file, job = in_flight.pop(out.request_id)

@@ -1,19 +1,38 @@
 """The multipart form of /v1/audio/transcriptions and /v1/audio/translations, as OpenAI's clients send it,
-converted into one TranscriptionParams. Unknown fields are ignored; a bad value is a 400 naming its field."""
+converted into one TranscriptionParams. Unknown fields are ignored; a bad value is a 400 naming its field.
+
+Every field is read through `form_field`, which turns any parsing failure (a wrong type, a number that overflows,
+JSON nested too deep, a bad text encoding) into that 400, so no input reaches the catch-all 500."""
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from vllm_whisper.entrypoints.openai.errors import bad_request
+from vllm_whisper.entrypoints.openai.errors import OpenAIError, bad_request
 from vllm_whisper.languages import normalize_language
 from vllm_whisper.outputs.formats import RESPONSE_FORMATS
 from vllm_whisper.params import TranscriptionParams, fallback_temperatures
 
 TIMESTAMP_GRANULARITIES = ("segment", "word")
 STREAMABLE_FORMATS = ("json", "text", "srt", "vtt")
+MAX_SILENCE_DURATION_MS = 10_000
+# What parsing a client's value can raise: wrong types, overflowing numbers, JSON nested too deep, bad encodings.
+FIELD_PARSE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError, KeyError, AttributeError)
+
+
+@contextmanager
+def form_field(name: str):
+    """Map any failure while parsing the field `name` to a 400 that names it."""
+    try:
+        yield
+    except OpenAIError:
+        raise
+    except FIELD_PARSE_ERRORS as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise bad_request(f"{name} has an invalid value ({reason})", name) from None
 
 
 @dataclass
@@ -42,10 +61,11 @@ class TranscriptionRequest:
         )
         if chunking:
             options.update(chunking_strategy="parallel", vad_filter=True)
-            if "threshold" in chunking:
-                options["vad_threshold"] = float(chunking["threshold"])
-            if "silence_duration_ms" in chunking:
-                options["vad_min_silence_ms"] = int(chunking["silence_duration_ms"])
+            with form_field("chunking_strategy"):
+                if "threshold" in chunking:
+                    options["vad_threshold"] = float(chunking["threshold"])
+                if "silence_duration_ms" in chunking:
+                    options["vad_min_silence_ms"] = round(float(chunking["silence_duration_ms"]))
         try:
             return TranscriptionParams(**options)
         except ValueError as exc:
@@ -54,6 +74,11 @@ class TranscriptionRequest:
 
 def parse_form(form: Mapping[str, Any], getlist) -> TranscriptionRequest:
     """Validate the non-file fields of the upload form (`getlist(name)` returns every value of a field)."""
+    with form_field("form"):
+        return _parse_form(form, getlist)
+
+
+def _parse_form(form: Mapping[str, Any], getlist) -> TranscriptionRequest:
     response_format = _text(form, "response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise bad_request(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}; got {response_format!r}",
@@ -70,7 +95,7 @@ def parse_form(form: Mapping[str, Any], getlist) -> TranscriptionRequest:
     granularities = tuple(getlist("timestamp_granularities[]") or getlist("timestamp_granularities")) or ("segment",)
     for granularity in granularities:
         if granularity not in TIMESTAMP_GRANULARITIES:
-            raise bad_request(f"timestamp_granularities must be 'segment' and/or 'word', got {granularity!r}",
+            raise bad_request(f"timestamp_granularities must be 'segment' and/or 'word', got {str(granularity)[:50]!r}",
                               "timestamp_granularities")
     if granularities != ("segment",) and response_format != "verbose_json":
         raise bad_request("timestamp_granularities needs response_format=verbose_json", "timestamp_granularities")
@@ -93,6 +118,8 @@ def _text(form: Mapping[str, Any], name: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise bad_request(f"{name} must be a text field, not a file", name)
+    with form_field(name):
+        value.encode("utf-8")  # lone surrogates and other unencodable text fail here, not in the engine
     return value.strip()
 
 
@@ -103,7 +130,7 @@ def _float(form: Mapping[str, Any], name: str, default: float) -> float:
     try:
         return float(value)
     except ValueError:
-        raise bad_request(f"{name} must be a number, got {value!r}", name) from None
+        raise bad_request(f"{name} must be a number, got {value[:100]!r}", name) from None
 
 
 def _optional_bool(form: Mapping[str, Any], name: str) -> bool | None:
@@ -133,16 +160,18 @@ def _chunking(form: Mapping[str, Any]) -> dict[str, Any] | None:
         return {"type": "auto"}
     try:
         strategy = json.loads(raw) if raw else bracketed
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise bad_request('chunking_strategy must be "auto" or a server_vad object', "chunking_strategy") from None
     if not isinstance(strategy, dict) or strategy.get("type") not in ("auto", "server_vad"):
         raise bad_request('chunking_strategy must be "auto" or {"type": "server_vad", ...}', "chunking_strategy")
     try:
         if "threshold" in strategy and not 0.0 < float(strategy["threshold"]) < 1.0:
             raise ValueError
-        if "silence_duration_ms" in strategy and int(strategy["silence_duration_ms"]) < 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise bad_request("chunking_strategy: threshold must be in (0, 1) and silence_duration_ms >= 0",
-                          "chunking_strategy") from None
+        if "silence_duration_ms" in strategy:
+            silence = float(strategy["silence_duration_ms"])
+            if not 0 <= silence <= MAX_SILENCE_DURATION_MS:
+                raise ValueError
+    except FIELD_PARSE_ERRORS:
+        raise bad_request(f"chunking_strategy: threshold must be in (0, 1) and silence_duration_ms from 0 to "
+                          f"{MAX_SILENCE_DURATION_MS}", "chunking_strategy") from None
     return strategy

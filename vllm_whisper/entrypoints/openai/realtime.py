@@ -35,6 +35,16 @@ IDLE_KEEP_S = 2.0  # audio kept while no one speaks (enough for the prefix paddi
 DEFAULT_RATE = 24000  # OpenAI's pcm16 is 24 kHz mono
 
 
+# What parsing a client's event can raise besides our own errors: wrong types (a string rate, a list where an object
+# belongs), numbers out of range (int(1e400)), bad base64 or text encodings.
+INVALID_VALUE_ERRORS = (ValueError, TypeError, OverflowError, AttributeError, KeyError, UnicodeError)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 class RealtimeError(ValueError):
     def __init__(self, message: str, code: str = "invalid_value", param: str | None = None):
         super().__init__(message)
@@ -95,8 +105,14 @@ class RealtimeSession:
                                                                              **self.config.beta_view()}})
         try:
             while True:
-                message = await self.ws.receive_text()
-                await self.handle(message)
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("text") is None:
+                    await self.error("binary frames are not supported: send each event as a JSON text frame",
+                                     "invalid_frame", None, None)
+                    continue
+                await self.handle(message["text"])
         except WebSocketDisconnect:
             pass
         finally:
@@ -122,11 +138,14 @@ class RealtimeSession:
             if handler is None:
                 raise RealtimeError(f"unknown event type {kind!r}", "unknown_event", "type")
             await handler(event)
-        except json.JSONDecodeError as exc:
-            await self.error(f"the message is not valid JSON: {exc}", "invalid_json", None, None)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            await self.error(f"the message is not valid JSON: {_reason(exc)}", "invalid_json", None, None)
         except (RealtimeError, LiveAudioError) as exc:
             await self.error(str(exc), getattr(exc, "code", "invalid_value"), getattr(exc, "param", None),
                              client_event_id)
+        except INVALID_VALUE_ERRORS as exc:  # a field of the wrong type or range inside an otherwise valid event
+            await self.error(f"invalid value in the event: {_reason(exc)}", "invalid_value", None,
+                             client_event_id if isinstance(client_event_id, str) else None)
 
     async def on_session_update(self, event: dict) -> None:
         session = event.get("session")
@@ -173,18 +192,19 @@ class RealtimeSession:
         if turn is not None and (not isinstance(turn, dict) or turn.get("type", "server_vad") != "server_vad"):
             raise RealtimeError("turn_detection must be null or {\"type\": \"server_vad\", ...}",
                                 param="turn_detection")
+        turn_detection = None if turn is None else _server_vad(turn)
+        prompt = transcription.get("prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise RealtimeError("prompt must be a string", param="prompt")
         if rate != self.config.rate:
             if self.audio.seconds:
                 raise RealtimeError("change the sample rate before sending audio", param="rate")
             self.audio = LiveAudioBuffer(rate)  # raises for unsupported rates
         self.config.rate = rate
         self.config.language = language or None
-        self.config.prompt = transcription.get("prompt") or None
+        self.config.prompt = prompt or None
         self.config.model = model or self.config.model
-        self.config.turn_detection = None if turn is None else {
-            "type": "server_vad", "threshold": float(turn.get("threshold", 0.5)),
-            "prefix_padding_ms": int(turn.get("prefix_padding_ms", 300)),
-            "silence_duration_ms": int(turn.get("silence_duration_ms", 500))}
+        self.config.turn_detection = turn_detection
         self.detector = self._new_detector()
 
     async def on_append(self, event: dict) -> None:
@@ -346,6 +366,19 @@ class RealtimeSession:
         if turn is None:
             return None
         return TurnDetector(turn["threshold"], turn["prefix_padding_ms"], turn["silence_duration_ms"])
+
+
+def _server_vad(turn: dict) -> dict:
+    """Validated server_vad settings: a threshold in (0, 1), padding and silence from 0 to 10 s."""
+    threshold = float(turn.get("threshold", 0.5))
+    padding = int(turn.get("prefix_padding_ms", 300))
+    silence = int(turn.get("silence_duration_ms", 500))
+    if not 0.0 < threshold < 1.0:
+        raise RealtimeError("turn_detection.threshold must be between 0 and 1", param="turn_detection.threshold")
+    for name, value in (("prefix_padding_ms", padding), ("silence_duration_ms", silence)):
+        if not 0 <= value <= 10_000:
+            raise RealtimeError(f"turn_detection.{name} must be between 0 and 10000", param=f"turn_detection.{name}")
+    return {"type": "server_vad", "threshold": threshold, "prefix_padding_ms": padding, "silence_duration_ms": silence}
 
 
 def check_websocket_key(websocket: WebSocket, api_key: str | None) -> bool:

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from vllm_whisper.audio.decode import AudioDecodeError, load_audio
+from vllm_whisper.audio.decode import AudioDecodeError, AudioTooLongError, load_audio
 from vllm_whisper.engine.async_engine import AsyncLLMEngine, EngineDeadError
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.openai.errors import OpenAIError, bad_request
@@ -41,6 +41,7 @@ class ServingLimits:
     max_audio_bytes: int
     max_concurrent_requests: int  # beyond this many accepted requests the server answers 429
     max_new_tokens: int
+    max_audio_seconds: float | None = None  # decoded duration limit, checked while decoding (before resampling)
 
 
 class TranscriptionService:
@@ -152,7 +153,9 @@ class TranscriptionService:
 
     async def _decode(self, data: bytes, filename: str):
         try:
-            return await asyncio.to_thread(load_audio, data, filename)
+            return await asyncio.to_thread(load_audio, data, filename, self.limits.max_audio_seconds)
+        except AudioTooLongError as exc:
+            raise bad_request(f"{exc} (this server's --max-audio-duration).", "file", "audio_too_long") from exc
         except AudioDecodeError as exc:
             raise bad_request(f"Could not decode the audio: {exc}", "file", "invalid_audio") from exc
 
