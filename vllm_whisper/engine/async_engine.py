@@ -9,6 +9,7 @@ land between steps and never race with one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -20,9 +21,15 @@ from vllm_whisper.engine.llm_engine import EngineStats, LLMEngine
 from vllm_whisper.engine.request import RequestOutput
 from vllm_whisper.engine.sampler import SamplingParams
 
+logger = logging.getLogger(__name__)
+
 
 class EngineDeadError(RuntimeError):
     """The engine thread stopped after an internal error; no further requests can run."""
+
+
+class EngineRequestError(RuntimeError):
+    """The engine failed this one request (a fault in its model pass); the engine and other requests go on."""
 
 
 @dataclass
@@ -35,8 +42,14 @@ class _Stream:
 
 
 class AsyncLLMEngine:
-    def __init__(self, engine: LLMEngine):
+    """restart_on_failure: when the engine thread hits an error outside any one request, fail the requests in
+    flight, build a fresh LLMEngine on the same loaded model and carry on (else the engine stays dead: /health
+    turns 503 and a supervisor should restart the process)."""
+
+    def __init__(self, engine: LLMEngine, restart_on_failure: bool = False):
         self.engine = engine
+        self.restart_on_failure = restart_on_failure
+        self.restarts = 0
         self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
         self._streams: dict[str, _Stream] = {}
         self._wake = threading.Event()
@@ -71,6 +84,9 @@ class AsyncLLMEngine:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                if item.error is not None:
+                    finished = True
+                    raise EngineRequestError(f"the engine failed request {request_id}: {item.error}")
                 finished = item.finished
                 yield item
                 if finished:
@@ -119,31 +135,56 @@ class AsyncLLMEngine:
         self._wake.set()
 
     def _run(self) -> None:
-        try:
-            while not self._stopped:
-                self._drain_commands()
-                if not self.engine.has_unfinished_requests():
-                    self._stats = self.engine.stats
-                    self._wake.wait(timeout=0.5)
-                    self._wake.clear()
-                    continue
-                outputs = self.engine.step()
-                for output in outputs:
-                    stream = self._streams.get(output.request_id)
-                    if stream is not None:
-                        stream.put(output)
-                        if output.finished:
-                            self._streams.pop(output.request_id, None)
+        while not self._stopped:
+            try:
+                self._loop()
+            except BaseException as exc:  # an engine bug outside any one request
+                logger.exception("the engine thread failed")
+                for stream in list(self._streams.values()):
+                    stream.put(EngineDeadError(f"the engine stopped: {exc}"))
+                self._streams.clear()
+                if not self.restart_on_failure or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    self._error = exc
+                    logger.critical("the engine is dead; new requests get 503 until the server is restarted "
+                                    "(or start it with --restart-engine-on-failure)")
+                    return
+                try:
+                    self._restart()
+                except BaseException as failed:
+                    logger.exception("the engine could not be restarted")
+                    self._error = failed
+                    return
+
+    def _restart(self) -> None:
+        """Replace the failed engine with a fresh one on the same model (pools and caches rebuilt)."""
+        loaded, config = self.engine.loaded, self.engine.config
+        self.engine = None  # type: ignore[assignment]  # free the old caches before allocating new ones
+        self.engine = LLMEngine(loaded, config)
+        self.restarts += 1
+        self._stats = self.engine.stats
+        logger.warning("engine restarted (%d restart(s) so far)", self.restarts)
+
+    def _loop(self) -> None:
+        """Apply commands, step while there is work, hand each output to its stream."""
+        while not self._stopped:
+            self._drain_commands()
+            if not self.engine.has_unfinished_requests():
                 self._stats = self.engine.stats
-                if not outputs and self.engine.is_stalled:
-                    # Waiting for a caller to release a retained window: sleep until a command arrives.
-                    self._wake.wait(timeout=0.5)
-                    self._wake.clear()
-        except BaseException as exc:  # an engine bug: fail every caller instead of hanging them
-            self._error = exc
-            for stream in list(self._streams.values()):
-                stream.put(EngineDeadError(f"the engine stopped: {exc}"))
-            self._streams.clear()
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            outputs = self.engine.step()
+            for output in outputs:
+                stream = self._streams.get(output.request_id)
+                if stream is not None:
+                    stream.put(output)
+                    if output.finished:
+                        self._streams.pop(output.request_id, None)
+            self._stats = self.engine.stats
+            if not outputs and self.engine.is_stalled:
+                # Waiting for a caller to release a retained window: sleep until a command arrives.
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
 
     def _drain_commands(self) -> None:
         while True:

@@ -7,6 +7,7 @@ samples. Finished or aborted requests return their blocks and slots at once.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from vllm_whisper.engine.kv_cache import BlockPool, KVCacheTensors, SlotPool, al
 from vllm_whisper.engine.model_runner import ModelRunner
 from vllm_whisper.engine.beam_search import beam_update, finalize
 from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus, Sequence
-from vllm_whisper.engine.sampler import SamplingParams, sample
+from vllm_whisper.engine.sampler import SamplerOutput, SamplingParams, sample
 from vllm_whisper.engine.scheduler import Scheduler, blocks_for
 from vllm_whisper.engine.windows import WindowRegistry
 from vllm_whisper.model_executor.loader import LoadedModel
@@ -30,6 +31,19 @@ from vllm_whisper.model_executor.whisper import CrossKV
 
 if TYPE_CHECKING:
     from vllm_whisper.engine.cuda_graphs import DecodeGraphs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _GroupDecision:
+    """What a group's model pass decided, before any of it is applied to the requests."""
+
+    no_speech_probs: list[float | None]
+    failed: set[str]  # requests whose logits were not finite
+    plain_rows: list[int]
+    sampled: SamplerOutput | None  # the sampler's choices for plain_rows
+    beams: dict[str, Tensor]  # per beam-search request, log-probabilities of its rows
 
 
 @dataclass
@@ -50,6 +64,7 @@ class EngineStats:
     num_cross_slots: int
     num_free_cross_slots: int
     steps: int
+    failed_requests: int = 0  # requests the engine finished with an error (fault containment)
 
 
 class LLMEngine:
@@ -69,6 +84,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.config, self.block_pool, self.slot_pool,
                                    self.config.encoder_windows_per_step(model.device.type))
         self.requests: dict[str, Request] = {}
+        self.failed_requests = 0
         self.generated_tokens = 0
         self.audio_seconds_processed = 0.0
         self.steps = 0
@@ -190,42 +206,109 @@ class LLMEngine:
             # retained window still holds; it comes back when its caller releases the window. Wait, never fail.
             return []
         self.steps += 1
-        if plan.encode:
-            self.runner.encode(plan.encode)
-        self.runner.copy_blocks(plan.block_copies)
         outputs: list[RequestOutput] = []
+        if plan.encode:
+            outputs += self._encode_contained(plan.encode)
+        self.runner.copy_blocks(plan.block_copies)
         for group in (plan.prefill, plan.decode):
+            group = [seq for seq in group if seq.request.request_id in self.requests]
             if group:
-                outputs += self._run_group(group)
+                outputs += self._run_group_contained(group)
         return outputs
 
-    def _run_group(self, seqs: list[Sequence]) -> list[RequestOutput]:
+    # --- fault containment --------------------------------------------------------------------------
+    # A model pass is idempotent until its results are applied (the runner advances num_computed only after a
+    # successful forward; cache writes repeat the same values), so a failed batch is retried request by request:
+    # the request that fails alone is finished with an error, and the rest of the batch carries on as if nothing
+    # happened. Out-of-memory errors that only a full batch hits are healed the same way.
+    def _encode_contained(self, requests: list[Request]) -> list[RequestOutput]:
+        try:
+            self.runner.encode(requests)
+            return []
+        except Exception as exc:
+            if len(requests) == 1:
+                return self._fail_window(requests[0], exc)
+            logger.warning("encoder batch of %d windows failed (%s); retrying one by one", len(requests), exc)
+            return [out for request in requests for out in self._encode_contained([request])]
+
+    def _fail_window(self, request: Request, exc: Exception) -> list[RequestOutput]:
+        """The window's encoder pass failed: fail every request that decodes it (its slot holds no valid K/V)."""
+        window = request.window
+        victims = [r for r in self.requests.values() if r.window is window]
+        return [self._fail(victim, exc) for victim in victims]
+
+    def _run_group_contained(self, seqs: list[Sequence]) -> list[RequestOutput]:
+        computed = [seq.num_computed for seq in seqs]
+        try:
+            decided = self._decide(seqs)
+        except Exception as exc:
+            for seq, count in zip(seqs, computed):
+                seq.num_computed = count  # undo the runner's advance: the retry feeds the same tokens again
+            requests = list({id(seq.request): seq.request for seq in seqs}.values())
+            if len(requests) == 1:
+                return [self._fail(requests[0], exc)]
+            logger.warning("decoder batch of %d requests failed (%s); retrying one by one", len(requests), exc)
+            return [out for request in requests
+                    for out in self._run_group_contained([s for s in seqs if s.request is request])]
+        return self._apply(seqs, decided)
+
+    def _fail(self, request: Request, exc: BaseException | str) -> RequestOutput:
+        """Finish one request with an error; its blocks and slot go back to the pools, the engine goes on."""
+        reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        logger.error("request %s failed inside the engine: %s", request.request_id, reason)
+        self._finish(request, RequestStatus.FINISHED_ERROR)
+        self.failed_requests += 1
+        seq = request.seqs[0]
+        return RequestOutput(request.request_id, list(seq.output), [], True, RequestStatus.FINISHED_ERROR.value,
+                             seq.sum_logprob, request.no_speech_prob, error=reason)
+
+    # --- one group: decide (model, rules, sampling), then apply (state) ---------------------------------
+    def _decide(self, seqs: list[Sequence]) -> "_GroupDecision":
+        """Everything that can fail on the model's side, with no effect on engine state but the runner's advance."""
         step = self.runner.run(seqs)
         # Whisper's rules for every row at once (the vllm_whisper._C op when built, else sampler.apply_rules).
         ruled = ops.apply_whisper_logits_rules(step.logits, [s.request.params.rules for s in seqs],
                                                [s.output for s in seqs])
-        now = time.monotonic()
+        broken = ~torch.isfinite(step.logits).all(dim=-1)  # NaN / inf raw logits: a numerical fault in that row
+        broken_rows = set(torch.nonzero(broken).flatten().tolist()) if bool(broken.any()) else set()
         beam_rows: dict[str, list[int]] = {}
         plain_rows: list[int] = []
-        for row, (seq, no_speech) in enumerate(zip(seqs, step.no_speech_probs)):
+        for row, seq in enumerate(seqs):
+            if row in broken_rows:
+                continue
+            if seq.request.is_beam_search:
+                beam_rows.setdefault(seq.request.request_id, []).append(row)
+            else:
+                plain_rows.append(row)
+        failed = {seqs[row].request.request_id for row in broken_rows}
+        beam_rows = {rid: rows for rid, rows in beam_rows.items() if rid not in failed}
+        sampled = None
+        if plain_rows:
+            plain = [seqs[i] for i in plain_rows]
+            sampled = sample(ruled[plain_rows], [s.request.params for s in plain],
+                             [s.request.generator for s in plain])
+        beams = {rid: torch.log_softmax(ruled[rows].float(), dim=-1) for rid, rows in beam_rows.items()}
+        return _GroupDecision(step.no_speech_probs, failed, plain_rows, sampled, beams)
+
+    def _apply(self, seqs: list[Sequence], decision: "_GroupDecision") -> list[RequestOutput]:
+        """Record the decided tokens: append, finish, fork beams, and fail the rows whose logits were broken."""
+        failed = decision.failed
+        outputs = [self._fail(self.requests[rid], "the model produced non-finite logits (NaN or inf) for this "
+                              "request") for rid in failed if rid in self.requests]
+        now = time.monotonic()
+        for seq, no_speech in zip(seqs, decision.no_speech_probs):
             request = seq.request
+            if request.request_id in failed:
+                continue
             if no_speech is not None and math.isnan(request.no_speech_prob):
                 request.no_speech_prob = no_speech
             if request.first_token_time is None:
                 request.first_token_time = now
-            if request.is_beam_search:
-                beam_rows.setdefault(request.request_id, []).append(row)
-            else:
-                plain_rows.append(row)
-        outputs: list[RequestOutput] = []
-        if plain_rows:
-            plain = [seqs[i] for i in plain_rows]
-            sampled = sample(ruled[plain_rows], [s.request.params for s in plain], [s.request.generator for s in plain])
-            for seq, token, logprob in zip(plain, sampled.tokens, sampled.logprobs):
-                outputs.append(self._advance(seq, token, logprob))
-        for rows in beam_rows.values():
-            request = seqs[rows[0]].request
-            outputs += self._beam_step(request, torch.log_softmax(ruled[rows].float(), dim=-1))
+        if decision.sampled is not None:
+            for row, token, logprob in zip(decision.plain_rows, decision.sampled.tokens, decision.sampled.logprobs):
+                outputs.append(self._advance(seqs[row], token, logprob))
+        for rid, logprobs in decision.beams.items():
+            outputs += self._beam_step(self.requests[rid], logprobs)
         return outputs
 
     def _advance(self, seq: Sequence, token: int, logprob: float) -> RequestOutput:
@@ -289,4 +372,5 @@ class LLMEngine:
             num_cross_slots=slots.num_slots,
             num_free_cross_slots=slots.num_free,
             steps=self.steps,
+            failed_requests=self.failed_requests,
         )

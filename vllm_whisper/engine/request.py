@@ -20,11 +20,11 @@ class RequestStatus(enum.Enum):
     FINISHED_STOPPED = "stop"  # end-of-text sampled
     FINISHED_LENGTH = "length"  # max_new_tokens or the decoder's 448 positions reached
     FINISHED_ABORTED = "abort"
+    FINISHED_ERROR = "error"  # the step failed for this request alone (see LLMEngine's fault containment)
 
     @property
     def finished(self) -> bool:
-        return self in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
-                        RequestStatus.FINISHED_ABORTED)
+        return self is not RequestStatus.WAITING and self is not RequestStatus.RUNNING
 
 
 @dataclass
@@ -100,6 +100,7 @@ class RequestOutput:
     finish_reason: str | None
     sum_logprob: float
     no_speech_prob: float
+    error: str | None = None  # set (with finish_reason "error") when the engine failed this request
 
     @property
     def avg_logprob(self) -> float:

@@ -85,6 +85,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-audio-duration", type=float, default=7200.0,
                         help="longest decoded audio accepted, in seconds (checked while decoding, before resampling; "
                              "longer uploads get a 400 with code audio_too_long)")
+    parser.add_argument("--restart-engine-on-failure", action="store_true",
+                        help="when the engine thread fails outside any one request, fail the requests in flight and "
+                             "start a fresh engine on the loaded model (default: stay up answering 503, so a "
+                             "supervisor restarts the process)")
     parser.add_argument("--max-waiting-requests", type=int, default=256,
                         help="requests accepted beyond --max-num-seqs before answering 429")
     parser.add_argument("--allowed-origins", default=None,
@@ -104,7 +108,7 @@ def create_state(args: argparse.Namespace) -> ServerState:
                           max_encoder_windows_per_step=args.max_encoder_windows_per_step)
     llm_engine = LLMEngine(loaded, config)
     warm_up(llm_engine)
-    engine = AsyncLLMEngine(llm_engine)
+    engine = AsyncLLMEngine(llm_engine, restart_on_failure=args.restart_engine_on_failure)
     served = args.served_model_name or [args.model, "whisper-1"]
     metrics = ServerMetrics.create(served[0])
     limits = ServingLimits(

@@ -45,6 +45,8 @@ def transcribe_batch(engine: LLMEngine, audios: Sequence[np.ndarray],
             for out in outputs:
                 if not out.finished:
                     continue
+                if out.error is not None:
+                    raise RuntimeError(f"the engine failed window {out.request_id}: {out.error}")
                 file, job = in_flight.pop(out.request_id)
                 result = JobResult(out.tokens, out.sum_logprob, out.no_speech_prob, job.params.temperature,
                                    engine.window_cross_kv(job.window_key))  # retained until released below

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from vllm_whisper.audio.decode import AudioDecodeError, AudioTooLongError, load_audio
-from vllm_whisper.engine.async_engine import AsyncLLMEngine, EngineDeadError
+from vllm_whisper.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineRequestError
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.openai.errors import OpenAIError, bad_request
 from vllm_whisper.entrypoints.openai.protocol import TranscriptionRequest, parse_form
@@ -191,6 +191,8 @@ class TranscriptionService:
             return work.result()
         except EngineDeadError as exc:
             raise OpenAIError(503, str(exc), "server_error", retry_after=5) from exc
+        except EngineRequestError as exc:  # a fault in this request's model pass; the engine goes on
+            raise OpenAIError(500, f"Internal error: {exc}", "server_error", code="internal_error") from exc
         except ValueError as exc:  # request options the model cannot honour
             raise bad_request(str(exc)) from exc
 
@@ -218,7 +220,7 @@ class TranscriptionService:
                         include_usage = form_request.stream_include_usage is not False
                         yield sse.text_done(text, sse.usage(duration, tokens) if include_usage else None)
                         reason = "stop"
-        except (EngineDeadError, ValueError) as exc:
+        except (EngineDeadError, EngineRequestError, ValueError) as exc:
             reason = "error"
             logger.warning("stream failed: %s", exc)
             yield sse.error_event(str(exc))
