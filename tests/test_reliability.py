@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
 import struct
 import subprocess
 import sys
+import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
@@ -54,7 +57,8 @@ def loud_sample_wav() -> bytes:
 @pytest.fixture(scope="module")
 def server():
     with serve_in_thread("--model", "tiny.en", "--dtype", "float32", "--kv-cache-space", "0.25",
-                         "--max-num-seqs", "1", "--max-audio-duration", "60") as running:
+                         "--max-num-seqs", "1", "--max-audio-duration", "60", "--max-audio-filesize-mb", "1",
+                         "--upload-read-timeout", "1") as running:
         yield running
 
 
@@ -149,6 +153,59 @@ def test_audio_over_the_duration_limit_is_refused_while_decoding(server):
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "audio_too_long"
     assert "--max-audio-duration" in response.json()["error"]["message"]
+
+
+# --- upload bodies --------------------------------------------------------------------------------------------
+BOUNDARY = "vwboundary"
+
+
+def _open_chunked_upload(server) -> socket.socket:
+    host, port = server.base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall((f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+                  f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n").encode())
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\n").encode()
+    sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+    return sock
+
+
+def _read_status(sock: socket.socket) -> int:
+    reply = b""
+    while b"\r\n" not in reply:
+        data = sock.recv(4096)
+        if not data:
+            break
+        reply += data
+    return int(reply.split(b" ", 2)[1])
+
+
+def test_a_chunked_upload_is_refused_once_the_limit_is_read(server):
+    """No Content-Length: the server must stop reading at its limit (1 MB here), not spool 2 GB to disk first."""
+    sock = _open_chunked_upload(server)
+    chunk = b"\x00" * 65536
+    sent = 0
+    try:
+        while sent < 200 * 2**20:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the server answered before the body ended
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    status = _read_status(sock)
+    sock.close()
+    assert status == 413
+    assert sent < 16 * 2**20, f"{sent / 2**20:.0f} MB were sent before the refusal"
+
+
+def test_a_stalled_upload_gets_a_408(server):
+    sock = _open_chunked_upload(server)
+    sock.sendall(b"4\r\nRIFF\r\n")
+    started = time.monotonic()
+    status = _read_status(sock)  # then nothing more: the server gives up after --upload-read-timeout (1 s)
+    sock.close()
+    assert status == 408 and time.monotonic() - started < 10
 
 
 # --- form fields that reached a parser's exception ------------------------------------------------------------

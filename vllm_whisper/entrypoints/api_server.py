@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from vllm_whisper import __version__
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.engine.llm_engine import LLMEngine
+from vllm_whisper.entrypoints.body_limits import BodyLimitMiddleware, BodyReadTimeout, BodyTooLarge
+from vllm_whisper.entrypoints.drain import Drain, run_draining
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.openai.errors import OpenAIError
 from vllm_whisper.entrypoints.openai.realtime import RealtimeSession, check_websocket_key
@@ -49,6 +51,7 @@ class ServerState:
     served_names: list[str]
     api_key: str | None
     created: int
+    drain: Drain = field(default_factory=Drain)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +88,13 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-audio-duration", type=float, default=7200.0,
                         help="longest decoded audio accepted, in seconds (checked while decoding, before resampling; "
                              "longer uploads get a 400 with code audio_too_long)")
+    parser.add_argument("--upload-read-timeout", type=float, default=30.0,
+                        help="seconds a client may pause inside an upload body before it gets a 408")
+    parser.add_argument("--max-connections", type=int, default=2048,
+                        help="open connections served at once; beyond them new ones get a 503 from uvicorn")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
+                        help="on SIGTERM, seconds running requests and streams get to finish before they are ended "
+                             "with a final error event (new requests are refused meanwhile)")
     parser.add_argument("--restart-engine-on-failure", action="store_true",
                         help="when the engine thread fails outside any one request, fail the requests in flight and "
                              "start a fresh engine on the loaded model (default: stay up answering 503, so a "
@@ -117,9 +127,11 @@ def create_state(args: argparse.Namespace) -> ServerState:
         # Whisper keeps half the context for the previous-text prompt, as the reference does.
         max_new_tokens=min(224, args.max_model_len // 2),
         max_audio_seconds=args.max_audio_duration,
+        upload_read_timeout=args.upload_read_timeout,
     )
-    service = TranscriptionService(engine, served, limits, metrics)
-    return ServerState(loaded, engine, service, metrics, served, args.api_key, int(time.time()))
+    drain = Drain(timeout=args.shutdown_timeout)
+    service = TranscriptionService(engine, served, limits, metrics, drain)
+    return ServerState(loaded, engine, service, metrics, served, args.api_key, int(time.time()), drain)
 
 
 def warm_up(engine: LLMEngine) -> None:
@@ -145,6 +157,16 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
         app.add_middleware(CORSMiddleware, allow_origins=allowed_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     _add_error_handlers(app)
+    limits = state.service.limits
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes, read_timeout=limits.upload_read_timeout)
+
+    @app.middleware("http")
+    async def refuse_while_draining(request: Request, call_next):
+        if state.drain.started and request.url.path != "/metrics":
+            error = OpenAIError(503, "The server is shutting down; retry on another replica or later.",
+                                "server_error", code="server_shutting_down", retry_after=5)
+            return JSONResponse(error.body(), status_code=503, headers={**error.headers(), "Connection": "close"})
+        return await call_next(request)
 
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
@@ -189,7 +211,11 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
             return
         session = RealtimeSession(websocket, state.engine, state.served_names,
                                   state.loaded.tokenizer.is_multilingual)
-        await session.run()
+        state.drain.on_start.append(session.close_for_shutdown)
+        try:
+            await session.run()
+        finally:
+            state.drain.on_start.remove(session.close_for_shutdown)
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -240,6 +266,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(OpenAIError(400, str(exc)).body(), status_code=400)
 
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        error = OpenAIError(413, f"The request body is larger than {exc.limit} bytes.", code="request_too_large")
+        return JSONResponse(error.body(), status_code=413)
+
+    @app.exception_handler(BodyReadTimeout)
+    async def body_timeout(_: Request, exc: BodyReadTimeout) -> JSONResponse:
+        error = OpenAIError(408, f"The request body stalled: {exc}.", code="request_timeout")
+        return JSONResponse(error.body(), status_code=408)
+
     @app.exception_handler(ClientDisconnect)
     async def client_gone(_: Request, __: ClientDisconnect) -> Response:
         return Response(status_code=499)
@@ -271,8 +307,10 @@ def run_server(args: argparse.Namespace) -> None:
     state = create_state(args)
     app = build_app(state, origins)
     logger.info("serving %s as %s on http://%s:%d", args.model, ", ".join(state.served_names), args.host, args.port)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=args.shutdown_timeout, limit_concurrency=args.max_connections)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+        run_draining(config, state.drain)
     finally:
         state.engine.shutdown()
 

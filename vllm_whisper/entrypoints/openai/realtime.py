@@ -120,6 +120,16 @@ class RealtimeSession:
                 if task is not None:
                     task.cancel()
 
+    async def close_for_shutdown(self) -> None:
+        """The server drains: tell the client why, then close (1001: going away)."""
+        await self.send({"type": "error", "error": {
+            "type": "server_error", "code": "server_shutting_down", "param": None, "event_id": None,
+            "message": "the server is shutting down; reconnect to another replica or later"}})
+        try:
+            await self.ws.close(code=1001, reason="server shutting down")
+        except RuntimeError:
+            pass  # already closed
+
     async def handle(self, message: str) -> None:
         client_event_id = None
         try:

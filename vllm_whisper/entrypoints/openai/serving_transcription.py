@@ -22,6 +22,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from vllm_whisper.audio.decode import AudioDecodeError, AudioTooLongError, load_audio
 from vllm_whisper.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineRequestError
+from vllm_whisper.entrypoints.body_limits import BodyReadTimeout, BodyTooLarge
+from vllm_whisper.entrypoints.drain import Drain, ServerDraining
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.openai.errors import OpenAIError, bad_request
 from vllm_whisper.entrypoints.openai.protocol import TranscriptionRequest, parse_form
@@ -42,14 +44,21 @@ class ServingLimits:
     max_concurrent_requests: int  # beyond this many accepted requests the server answers 429
     max_new_tokens: int
     max_audio_seconds: float | None = None  # decoded duration limit, checked while decoding (before resampling)
+    upload_read_timeout: float | None = 30.0  # longest pause inside an upload body before it is refused
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The most bytes read of one request body: the audio limit plus room for the form's other fields."""
+        return self.max_audio_bytes + 2**20
 
 
 class TranscriptionService:
     """Turns upload forms into engine work for one loaded model."""
 
     def __init__(self, engine: AsyncLLMEngine, served_names: list[str], limits: ServingLimits,
-                 metrics: ServerMetrics):
+                 metrics: ServerMetrics, drain: Drain | None = None):
         self.engine = engine
+        self.drain = drain or Drain()
         self.loaded = engine.engine.loaded
         self.served_names = served_names
         self.limits = limits
@@ -119,6 +128,12 @@ class TranscriptionService:
             form = await request.form(max_files=2, max_fields=MAX_FORM_FIELDS)
         except ClientDisconnect:
             raise
+        except BodyTooLarge as exc:  # stopped reading at the limit, chunked uploads included
+            limit_mb = self.limits.max_audio_bytes / 2**20
+            raise OpenAIError(413, f"The upload is larger than the limit of {limit_mb:g} MB; reading stopped after "
+                              f"{exc.received / 2**20:.1f} MB.", param="file", code="file_too_large") from None
+        except BodyReadTimeout as exc:
+            raise OpenAIError(408, f"The upload stalled: {exc}.", param="file", code="request_timeout") from None
         except Exception as exc:  # malformed multipart bodies: the parser's message says what is wrong
             raise bad_request(f"Could not parse the multipart form: {exc}") from exc
         upload = form.get("file")
@@ -164,8 +179,9 @@ class TranscriptionService:
                           timer: "_RequestTimer") -> tuple[TranscriptionResult, int]:
         """Run the file to the end, cancelling it if the client disconnects while it waits."""
         async def consume() -> tuple[TranscriptionResult, int]:
-            async with aclosing(stream_transcription(self.engine, audio, params, request_id)) as events:
-                async for event in events:
+            async with aclosing(stream_transcription(self.engine, audio, params, request_id)) as events, \
+                    aclosing(self.drain.until_expired(events)) as drained:
+                async for event in drained:
                     if isinstance(event, TextDelta):
                         timer.first_text()
                     elif isinstance(event, TranscriptionFinished):
@@ -189,7 +205,7 @@ class TranscriptionService:
     def _engine_result(work: asyncio.Task) -> tuple[TranscriptionResult, int]:
         try:
             return work.result()
-        except EngineDeadError as exc:
+        except (EngineDeadError, ServerDraining) as exc:
             raise OpenAIError(503, str(exc), "server_error", retry_after=5) from exc
         except EngineRequestError as exc:  # a fault in this request's model pass; the engine goes on
             raise OpenAIError(500, f"Internal error: {exc}", "server_error", code="internal_error") from exc
@@ -205,8 +221,8 @@ class TranscriptionService:
         tokens = 0
         duration = 0.0
         try:
-            async with aclosing(events) as stream:
-                async for event in stream:
+            async with aclosing(events) as stream, aclosing(self.drain.until_expired(stream)) as drained:
+                async for event in drained:
                     if isinstance(event, TextDelta) and not cues:
                         timer.first_text()
                         yield sse.text_delta(event.text)
@@ -220,7 +236,7 @@ class TranscriptionService:
                         include_usage = form_request.stream_include_usage is not False
                         yield sse.text_done(text, sse.usage(duration, tokens) if include_usage else None)
                         reason = "stop"
-        except (EngineDeadError, EngineRequestError, ValueError) as exc:
+        except (EngineDeadError, EngineRequestError, ServerDraining, ValueError) as exc:
             reason = "error"
             logger.warning("stream failed: %s", exc)
             yield sse.error_event(str(exc))
