@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
+import torchaudio.transforms as T
 
 from vllm_whisper.audio.decode import SAMPLE_RATE
 from vllm_whisper.audio.vad import FRAME_SAMPLES, speech_probabilities
@@ -17,6 +18,7 @@ from vllm_whisper.audio.vad import FRAME_SAMPLES, speech_probabilities
 SUPPORTED_RATES = (8000, 16000, 24000, 48000)
 FRAME_MS = FRAME_SAMPLES * 1000 // SAMPLE_RATE  # 32 ms
 VAD_CONTEXT_FRAMES = 16  # frames re-scored before new audio so the VAD's recurrent state has warmed up
+RESAMPLE_CONTEXT = 96  # input samples: more than torchaudio's sinc reaches at any supported rate (19 at 48 kHz)
 
 
 class LiveAudioError(ValueError):
@@ -35,48 +37,90 @@ def decode_pcm16(chunk_base64: str) -> np.ndarray:
 
 
 class LiveAudioBuffer:
-    """Audio of the current turn at the client's rate, with a cached 16 kHz view.
+    """Audio of the current turn at the client's rate, with a 16 kHz view kept up to date incrementally.
 
-    Resampling the whole turn (at most 30 s) with torchaudio costs milliseconds and has no seams at chunk
-    boundaries, unlike resampling each 100 ms chunk on its own.
+    Each append resamples only the new audio plus a little context before it (torchaudio's windowed sinc reaches
+    about 20 input samples), starting on the resampler's phase grid, so the view equals resampling the whole turn
+    at once (tested) while an append costs time proportional to the chunk, not to the turn.
     """
 
     def __init__(self, rate: int):
         if rate not in SUPPORTED_RATES:
             raise LiveAudioError(f"sample rate {rate} is not supported; use one of {SUPPORTED_RATES}")
         self.rate = rate
-        self._chunks: list[np.ndarray] = []
-        self._samples = 0
-        self._cache: np.ndarray | None = None
+        common = math.gcd(rate, SAMPLE_RATE)
+        self._in_step, self._out_step = rate // common, SAMPLE_RATE // common  # phase grid of the resampler
+        self._resampler = T.Resample(rate, SAMPLE_RATE) if rate != SAMPLE_RATE else None  # kernel built once
+        self._input = _Growable()
+        self._output = _Growable()
+        self._final_inputs = 0  # input samples whose 16 kHz outputs no later audio can change
 
     def append(self, samples: np.ndarray) -> None:
-        self._chunks.append(samples)
-        self._samples += samples.size
-        self._cache = None
+        self._input.extend(np.asarray(samples, dtype=np.float32))
+        self._update_16k()
 
     def clear(self) -> None:
-        self._chunks, self._samples, self._cache = [], 0, None
+        self._input, self._output, self._final_inputs = _Growable(), _Growable(), 0
 
     def drop_before(self, seconds: float) -> None:
         """Forget audio before `seconds` (from the buffer start): the part before a turn's speech."""
-        keep_from = min(self._samples, int(seconds * self.rate))
+        keep_from = min(len(self._input), int(seconds * self.rate))
         if keep_from <= 0:
             return
-        whole = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-        rest = whole[keep_from:]
-        self._chunks, self._samples, self._cache = [rest], rest.size, None
+        rest = self._input.view()[keep_from:].copy()
+        self.clear()
+        self.append(rest)
 
     @property
     def seconds(self) -> float:
-        return self._samples / self.rate
+        return len(self._input) / self.rate
 
     def samples_16k(self) -> np.ndarray:
-        if self._cache is None:
-            whole = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-            if self.rate != SAMPLE_RATE and whole.size:
-                whole = AF.resample(torch.from_numpy(whole), self.rate, SAMPLE_RATE).numpy()
-            self._cache = np.ascontiguousarray(whole, dtype=np.float32)
-        return self._cache
+        """The turn at 16 kHz (a view: valid until the next append, clear or drop)."""
+        return self._output.view()
+
+    def _update_16k(self) -> None:
+        whole = self._input.view()
+        if self.rate == SAMPLE_RATE:
+            self._output = self._input
+            return
+        # Recompute from a grid point at least RESAMPLE_CONTEXT inputs before the first output not yet final; the
+        # outputs of that context are discarded (they saw zero padding where the earlier audio is).
+        start = max(0, self._final_inputs - 2 * RESAMPLE_CONTEXT) // self._in_step * self._in_step
+        keep_from = 0 if start == 0 else start + RESAMPLE_CONTEXT // self._in_step * self._in_step
+        with torch.inference_mode():
+            segment = self._resampler(torch.from_numpy(np.ascontiguousarray(whole[start:]))).numpy()
+        first_out = keep_from // self._in_step * self._out_step
+        skip = (keep_from - start) // self._in_step * self._out_step
+        self._output.truncate(first_out)
+        self._output.extend(segment[skip:])
+        self._final_inputs = max(0, len(whole) - RESAMPLE_CONTEXT)
+
+
+class _Growable:
+    """A float32 array that grows by appending, with amortised doubling."""
+
+    def __init__(self) -> None:
+        self._data = np.zeros(0, np.float32)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def extend(self, values: np.ndarray) -> None:
+        needed = self._size + values.size
+        if needed > self._data.size:
+            grown = np.zeros(max(needed, 2 * self._data.size, 4096), np.float32)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size:needed] = values
+        self._size = needed
+
+    def truncate(self, size: int) -> None:
+        self._size = min(self._size, size)
+
+    def view(self) -> np.ndarray:
+        return self._data[: self._size]
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ MIN_PASS_AUDIO_S = 0.6  # no partial pass on less audio than this (the turn star
 MAX_TURN_S = 29.0  # a longer turn is committed by the server (Whisper hears 30 s at a time)
 IDLE_KEEP_S = 2.0  # audio kept while no one speaks (enough for the prefix padding)
 DEFAULT_RATE = 24000  # OpenAI's pcm16 is 24 kHz mono
+MAX_PENDING_FINALS = 4  # committed turns of one session decoding at once before its commits wait
 
 
 # What parsing a client's event can raise besides our own errors: wrong types (a string rate, a list where an object
@@ -223,11 +224,15 @@ class RealtimeSession:
             raise RealtimeError("input_audio_buffer.append needs base64 `audio`", param="audio")
         samples = decode_pcm16(audio)
         before = self.audio.samples_16k().size
-        self.audio.append(samples)
-        new_16k = self.audio.samples_16k()[before:]
+        self.audio.append(samples)  # incremental: costs the chunk, not the turn
+        new_16k = self.audio.samples_16k()[before:].copy()
         self.stream_seconds += new_16k.size / 16000
         if self.detector is not None:
-            for turn in self.detector.feed(new_16k):
+            detector = self.detector
+            # The VAD model runs on a worker thread so many sessions cannot stall the event loop; this session's
+            # events stay in order because its receive loop waits for each append.
+            turns = await asyncio.to_thread(detector.feed, new_16k)
+            for turn in turns if detector is self.detector else ():
                 if turn.kind == "speech_started":
                     await self._speech_started(turn.at_seconds)
                 else:
@@ -297,6 +302,10 @@ class RealtimeSession:
         task = asyncio.create_task(self._complete(item_id, audio, agreement))
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
+        if len(self._finals) >= MAX_PENDING_FINALS:
+            # Back-pressure: a client committing faster than turns decode waits here (its later events queue in
+            # the socket) instead of growing the engine's queue without bound.
+            await asyncio.wait(set(self._finals), return_when=asyncio.FIRST_COMPLETED)
 
     async def _complete(self, item_id: str, audio: np.ndarray, agreement: LocalAgreement) -> None:
         try:
