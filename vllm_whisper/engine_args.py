@@ -119,6 +119,22 @@ class EngineArgs:
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
+    def to_cli_args(self) -> list[str]:
+        """The flags that reproduce these values on another entry point (those that differ from the defaults),
+        e.g. for a benchmark that starts the server."""
+        flags: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            if isinstance(value, bool):
+                flags.append(_flag(f.name))
+            elif isinstance(value, list):
+                flags += [_flag(f.name), *map(str, value)]
+            else:
+                flags += [_flag(f.name), str(value)]
+        return flags
+
     # --- what the entry points build ----------------------------------------------------------------
     @property
     def resolved_device(self) -> str:
