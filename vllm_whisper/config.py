@@ -46,7 +46,8 @@ class EngineConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not MIN_MODEL_LEN <= self.max_model_len <= DECODER_CONTEXT:
-            raise ValueError(f"max_model_len must be between {MIN_MODEL_LEN} and {DECODER_CONTEXT}, got {self.max_model_len}")
+            raise ValueError(f"max_model_len must be between {MIN_MODEL_LEN} and {DECODER_CONTEXT}, "
+                             f"got {self.max_model_len}")
         if self.kv_cache_space_gib <= 0:
             raise ValueError(f"kv_cache_space_gib must be positive, got {self.kv_cache_space_gib}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

@@ -84,8 +84,9 @@ def _engine_args(model: str, engine_args: EngineArgs | None, engine_config: Engi
 
 def _signature() -> inspect.Signature:
     """LLM.__init__'s signature lists every EngineArgs field (with its one default) for help() and IDEs."""
-    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-              inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=DEFAULT_MODEL, annotation=str)]
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("self", positional),
+              inspect.Parameter("model", positional, default=DEFAULT_MODEL, annotation=str)]
     for f in dataclasses.fields(EngineArgs):
         if f.name != "model":
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
