@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from common import machine_description, progress
 
+from vllm_whisper.engine_args import EngineArgs
+
 SAMPLE_RATE = 16000
 TOLERANCE_S = 0.5
 TIMELINE_GAPS = (0.7, 1.3, 0.9, 1.6, 1.1)
@@ -156,10 +158,10 @@ def make_clips(folder: Path, sentences: int, variants: Sequence[str], snr_db: fl
 class Ours:
     """vllm-whisper's offline LLM API; clips go to the engine in batches (windows share steps)."""
 
-    def __init__(self, model: str, batch_size: int = 16):
+    def __init__(self, engine_args: EngineArgs, batch_size: int = 16):
         from vllm_whisper import LLM
 
-        self.name, self.llm, self.batch_size = "vllm-whisper", LLM(model=model, dtype="float32"), batch_size
+        self.name, self.llm, self.batch_size = "vllm-whisper", LLM(engine_args=engine_args), batch_size
 
     def transcribe(self, audios: list[np.ndarray], word_timestamps: bool = False) -> list[Transcript]:
         from vllm_whisper import TranscriptionParams
@@ -248,7 +250,7 @@ def faster_whisper_installed() -> bool:
 
 
 def build_systems(args: argparse.Namespace, folder: Path) -> list[System]:
-    systems: list[System] = [Ours(args.model)]
+    systems: list[System] = [Ours(EngineArgs.from_cli_args(args))]
     if not args.skip_transformers:
         systems.append(Transformers(args.model, folder))
     if not args.skip_faster_whisper:
@@ -331,7 +333,8 @@ def variant_descriptions(snr_db: float) -> dict[str, str]:
 # --- main ---------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny.en")
+    EngineArgs.add_cli_args(parser)  # our engine's flags; --model also names the peers' weights
+    parser.set_defaults(dtype="float32")  # next to transformers and faster-whisper's float32
     parser.add_argument("--sentences", type=int, default=30, help="Harvard sentences per variant (speakers rotate)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated subset of {','.join(VARIANTS)}")

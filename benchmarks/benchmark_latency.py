@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from common import machine_description, progress
 
+from vllm_whisper.engine_args import EngineArgs
+
 STAGES: dict[str, str] = {
     "audio_decode": "audio decode (PyAV)",
     "features": "log-mel features",
@@ -116,21 +118,19 @@ class Ours:
     name = "vllm-whisper"
 
     def __init__(self, args: argparse.Namespace, path: Path):
-        from vllm_whisper.config import EngineConfig
-        from vllm_whisper.engine.llm_engine import LLMEngine
         from vllm_whisper.engine.sampler import SamplingParams
-        from vllm_whisper.model_executor.loader import load_model
         from vllm_whisper.params import TranscriptionParams
         from vllm_whisper.transcribe.sequential import build_rules
 
         self.path, self.clock = path, Clock(args.device)
-        self.loaded = load_model(args.model, dtype=args.dtype, device=args.device, quantization=args.quantization)
+        engine_args = EngineArgs.from_cli_args(args)
+        self.loaded = engine_args.load_model()
+        self.engine = engine_args.create_engine(self.loaded)
         language = args.language if self.loaded.tokenizer.is_multilingual else "en"
-        params = TranscriptionParams(language=language)
+        params = TranscriptionParams(language=language, max_new_tokens=self.engine.config.default_max_new_tokens)
         self.prompt = self.loaded.model.get_decoder_prompt(params.language, params.task, params.timestamps)
         self.sampling = SamplingParams(build_rules(self.loaded, params), max_new_tokens=params.max_new_tokens,
                                        no_speech_index=self.prompt.index(self.loaded.tokenizer.sot))
-        self.engine = LLMEngine(self.loaded, EngineConfig())
         self.features: torch.Tensor | None = None
         self.count = 0
 
@@ -342,11 +342,10 @@ def markdown_table(runs: list[SystemRun]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny.en")
-    parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (all systems)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (all systems)")
-    parser.add_argument("--quantization", choices=("int8",), default=None,
-                        help="int8 weights for ours and faster-whisper (CPU); transformers stays in --dtype")
+    # Our engine's flags; --model, --dtype and --device apply to all systems, --quantization int8 to ours and
+    # faster-whisper (transformers stays in --dtype).
+    EngineArgs.add_cli_args(parser)
+    parser.set_defaults(dtype="float32")
     parser.add_argument("--language", default="en", help="spoken language (multilingual models)")
     parser.add_argument("--audio", type=Path, default=None, help="audio file; default: a synthetic paragraph")
     parser.add_argument("--sentences", type=int, default=8, help="sentences in the synthetic paragraph")
@@ -357,6 +356,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--skip-faster-whisper", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        args.device = EngineArgs.from_cli_args(args).resolved_device  # the peers run on the same device
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.quick:
         args.sentences, args.warmup, args.repeats = 1, 1, 2
     if args.repeats < 1 or args.warmup < 0 or args.sentences < 1:

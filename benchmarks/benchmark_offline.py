@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 from common import report
 
+from vllm_whisper.engine_args import EngineArgs
 
-def run_ours(model: str, paths: list[Path], audio_seconds: float) -> dict:
+
+def run_ours(engine_args: EngineArgs, paths: list[Path], audio_seconds: float) -> dict:
     from vllm_whisper import LLM
 
-    llm = LLM(model=model, dtype="float32")
+    llm = LLM(engine_args=engine_args)
     llm.transcribe([paths[0]])  # warm-up
     start = time.perf_counter()
     results = llm.transcribe(paths)
@@ -66,7 +68,8 @@ def run_transformers(hf_dir: Path, paths: list[Path], audio_seconds: float, batc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny.en")
+    EngineArgs.add_cli_args(parser)  # our engine's flags; --model also names the weights transformers runs
+    parser.set_defaults(dtype="float32")  # transformers runs in float32
     parser.add_argument("--clips", type=int, default=24, help="number of synthetic sentences")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--skip-transformers", action="store_true")
@@ -81,7 +84,7 @@ def main() -> None:
         clips = english_corpus(Path(tmp) / "clips", args.clips)
         paths = [c.path for c in clips]
         audio_seconds = sum(len(load_audio(p)) / 16000 for p in paths)
-        rows = [run_ours(args.model, paths, audio_seconds)]
+        rows = [run_ours(EngineArgs.from_cli_args(args), paths, audio_seconds)]
         if not args.skip_transformers:
             hf_dir = export_hf(load_model(args.model, dtype="float32"), Path(tmp) / "hf")
             rows.append(run_transformers(hf_dir, paths, audio_seconds, batch_size=1))

@@ -33,6 +33,7 @@ from vllm_whisper.config import EngineConfig
 from vllm_whisper.decoding.logits_rules import LogitsRules
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.sampler import SamplingParams
+from vllm_whisper.engine_args import EngineArgs
 from vllm_whisper.model_executor.loader import LoadedModel, resolve_dtype
 from vllm_whisper.model_executor.whisper_config import WHISPER_SHAPES, WhisperConfig
 from vllm_whisper.testing.random_model import random_model
@@ -500,8 +501,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--tokens", type=int, default=128, help="tokens decoded per window (default 128)")
     parser.add_argument("--batch-sizes", default="1,8,64,256",
                         help="sweep: engine max_num_seqs and transformers' generate() batch (default 1,8,64,256)")
-    parser.add_argument("--dtype", default="auto", help="float16 / bfloat16 / float32; auto: fp16 on CUDA, fp32 on CPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
+    # Our engine's flags that apply to random weights (max_num_seqs is swept by --batch-sizes).
+    EngineArgs.add_cli_args(parser, only=("dtype", "device", "enforce_eager"))
     parser.add_argument("--json", type=Path, default=None, help="write every row, the options and the date here")
     parser.add_argument("--transformers-batch-sizes", default=None,
                         help="transformers' sweep when it should differ (e.g. 64,256: batch 1 of large-v3 takes "
@@ -511,7 +512,6 @@ def parse_options(argv: list[str] | None = None) -> Options:
                              "sooner (default: --windows)")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--enforce-eager", action="store_true", help="our engine without CUDA graphs")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny shape, 4 windows, 8 tokens, batch sizes 1,4, CPU, float32")
     args = parser.parse_args(argv)
@@ -519,6 +519,10 @@ def parse_options(argv: list[str] | None = None) -> Options:
         args.shape, args.windows, args.tokens, args.batch_sizes = ["tiny"], 4, 8, "1,4"
         args.device, args.dtype = "cpu", "float32"
         args.transformers_batch_sizes = args.batch1_windows = None
+    try:
+        args.device = EngineArgs.from_cli_args(args).resolved_device
+    except ValueError as exc:
+        parser.error(str(exc))
     return validated(args, parser)
 
 

@@ -25,6 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description  # noqa: E402
 
+from vllm_whisper.engine_args import EngineArgs  # noqa: E402
+
 
 def utterances(folder: Path, count: int, sentences: int) -> list[tuple[np.ndarray, tuple[float, float], str]]:
     """Padded speech (1 s before, 1.5 s after) with its (start, end) seconds and text."""
@@ -135,9 +137,8 @@ def print_table(results: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", default=None, help="a running server (default: start ours in-process)")
-    parser.add_argument("--model", default="tiny.en")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--quantization", choices=("int8",), default=None, help="our server with int8 weights (CPU)")
+    EngineArgs.add_cli_args(parser)  # our in-process server's engine flags (--model also names the model sent)
+    parser.set_defaults(dtype="float32")
     parser.add_argument("--utterances", type=int, default=5)
     parser.add_argument("--sentences", type=int, default=2, help="sentences per utterance (2 gives about 5 s)")
     parser.add_argument("--json", type=Path, default=None)
@@ -150,8 +151,7 @@ def main() -> None:
         else:
             from vllm_whisper.testing.server import serve_in_thread
 
-            quantization = ["--quantization", args.quantization] if args.quantization else []
-            with serve_in_thread("--model", args.model, "--dtype", args.dtype, *quantization) as server:
+            with serve_in_thread(*EngineArgs.from_cli_args(args).to_cli_args()) as server:
                 results = _measure(server.base_url, items, args.model)
     print_table(results)
     if args.json:

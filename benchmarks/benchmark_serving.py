@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, progress  # noqa: E402
 
+from vllm_whisper.engine_args import EngineArgs  # noqa: E402
+
 
 @dataclass
 class Clip:
@@ -241,9 +243,10 @@ class LaunchedServer:
 
 
 def server_commands(args: argparse.Namespace, port: int) -> dict[str, list[str]]:
-    ours = [sys.executable, "-m", "vllm_whisper.entrypoints.api_server", "--model", args.model, "--port", str(port),
-            "--max-num-seqs", str(max(args.concurrency, 1)), "--log-level", "warning",
-            *(["--quantization", args.quantization] if args.quantization else [])]
+    engine_args = EngineArgs.from_cli_args(args)
+    engine_args.max_num_seqs = max(args.concurrency, 1)
+    ours = [sys.executable, "-m", "vllm_whisper.entrypoints.api_server", "--port", str(port),
+            *engine_args.to_cli_args(), "--log-level", "warning"]
     commands = {"vllm-whisper": ours}
     try:
         import faster_whisper  # noqa: F401
@@ -285,7 +288,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", default=None, help="benchmark this running server instead of launching ours "
                         "and the peer")
-    parser.add_argument("--model", default="tiny.en")
+    # Our server's engine flags; --max-num-seqs follows --concurrency, --model also names the peer's weights.
+    EngineArgs.add_cli_args(parser, only=set(EngineArgs.field_names()) - {"max_num_seqs"})
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--request-rate", type=float, default=None, help="open loop at this many requests/s")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds during which requests are sent")
@@ -295,8 +299,6 @@ def main() -> None:
     parser.add_argument("--max-sentences", type=int, default=8, help="longest synthetic clip, in sentences")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a request counts as lost")
     parser.add_argument("--peer-compute-type", default="int8")
-    parser.add_argument("--quantization", choices=("int8",), default=None,
-                        help="start our server with --quantization int8 (CPU; the peer runs --peer-compute-type)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 

@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 from common import progress, report
 
+from vllm_whisper.engine_args import EngineArgs
 
-def run_engine(model: str, dtype: str, paths: list[Path], audio_seconds: float, together: bool,
-               quantization: str | None = None) -> dict:
+
+def run_engine(engine_args: EngineArgs, paths: list[Path], audio_seconds: float, together: bool) -> dict:
     from vllm_whisper import LLM
 
-    llm = LLM(model=model, dtype=dtype, quantization=quantization)
+    llm = LLM(engine_args=engine_args)
+    quantization, dtype = engine_args.quantization, engine_args.dtype
     llm.transcribe([paths[0]])  # warm-up
     start = time.perf_counter()
     if together:
@@ -63,10 +65,8 @@ def run_faster_whisper(model: str, compute_type: str, paths: list[Path], audio_s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny.en")
-    parser.add_argument("--dtype", default="float32", help="our dtype (float32 or bfloat16)")
-    parser.add_argument("--quantization", choices=("int8",), default=None,
-                        help="our weights as int8 (CPU; compare with faster-whisper's int8 row)")
+    EngineArgs.add_cli_args(parser)  # our engine's flags; --quantization int8 compares with faster-whisper's int8 row
+    parser.set_defaults(dtype="float32")  # next to faster-whisper's float32 row
     parser.add_argument("--clips", type=int, default=30)
     parser.add_argument("--sentences-per-clip", type=int, default=1,
                         help="1: one short sentence per clip; 8: ~25 s paragraphs that fill a window like real speech")
@@ -85,8 +85,8 @@ def main() -> None:
         paths = [c.path for c in clips]
         audio_seconds = sum(len(load_audio(p)) / 16000 for p in paths)
         rows = [
-            run_engine(args.model, args.dtype, paths, audio_seconds, True, args.quantization),
-            run_engine(args.model, args.dtype, paths, audio_seconds, False, args.quantization),
+            run_engine(EngineArgs.from_cli_args(args), paths, audio_seconds, True),
+            run_engine(EngineArgs.from_cli_args(args), paths, audio_seconds, False),
         ]
         if not args.skip_faster_whisper:
             for compute_type in ("int8", "float32"):

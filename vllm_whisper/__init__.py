@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "TranscriptionParams", "__version__"]
+__all__ = ["EngineArgs", "LLM", "TranscriptionParams", "__version__"]
 
 
 def __getattr__(name: str):
@@ -13,6 +13,10 @@ def __getattr__(name: str):
         from vllm_whisper.entrypoints.llm import LLM
 
         return LLM
+    if name == "EngineArgs":
+        from vllm_whisper.engine_args import EngineArgs
+
+        return EngineArgs
     if name == "TranscriptionParams":
         from vllm_whisper.params import TranscriptionParams
 

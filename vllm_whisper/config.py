@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DECODER_CONTEXT = 448  # Whisper's decoder positions (max_target_positions of every released checkpoint)
+MIN_MODEL_LEN = 16
+REFERENCE_MAX_NEW_TOKENS = 224  # the reference samples at most half the context per window
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -11,6 +15,8 @@ class EngineConfig:
 
     max_num_seqs: most sequences decoding at once.
     max_num_batched_tokens: most decoder tokens fed in one step (prompts count in full, decodes one each).
+    max_model_len: decoder tokens per window, prompt included (16 to 448); a window samples at most
+        default_max_new_tokens = min(224, max_model_len // 2) tokens, the other half holds the previous-text prompt.
     max_encoder_windows_per_step: most new 30 s windows encoded in one step (bounds a step's latency);
         None picks 16 on CUDA and 2 on CPU, where larger encoder batches measured slower (cache-bound).
     block_size: tokens per self-attention KV block.
@@ -32,12 +38,16 @@ class EngineConfig:
     num_cross_slots: int | None = None
     attention_backend: str = "auto"
     enforce_eager: bool = False
+    max_model_len: int = DECODER_CONTEXT
 
     def __post_init__(self) -> None:
         positive = ("max_num_seqs", "max_num_batched_tokens", "max_encoder_windows_per_step", "block_size")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not MIN_MODEL_LEN <= self.max_model_len <= DECODER_CONTEXT:
+            raise ValueError(f"max_model_len must be between {MIN_MODEL_LEN} and {DECODER_CONTEXT}, "
+                             f"got {self.max_model_len}")
         if self.kv_cache_space_gib <= 0:
             raise ValueError(f"kv_cache_space_gib must be positive, got {self.kv_cache_space_gib}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -49,6 +59,12 @@ class EngineConfig:
         if self.attention_backend not in ("auto", "torch", "triton", "xformers"):
             raise ValueError(f"attention_backend must be auto, torch, triton or xformers, "
                              f"got {self.attention_backend!r}")
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        """Tokens a window samples unless a request asks for fewer: half of max_model_len (the other half holds
+        the previous-text prompt), at most 224 as the reference. Every entry point builds its params from this."""
+        return min(REFERENCE_MAX_NEW_TOKENS, self.max_model_len // 2)
 
     def encoder_windows_per_step(self, device_type: str) -> int:
         if self.max_encoder_windows_per_step is not None:

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,20 +23,18 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from vllm_whisper import __version__
-from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.engine.llm_engine import LLMEngine
+from vllm_whisper.engine_args import EngineArgs
 from vllm_whisper.entrypoints.body_limits import BodyLimitMiddleware, BodyReadTimeout, BodyTooLarge
 from vllm_whisper.entrypoints.drain import Drain, run_draining
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.openai.errors import OpenAIError
 from vllm_whisper.entrypoints.openai.realtime import RealtimeSession, check_websocket_key
 from vllm_whisper.entrypoints.openai.serving_transcription import ServingLimits, TranscriptionService
-from vllm_whisper.model_executor.loader import LoadedModel, load_model
+from vllm_whisper.model_executor.loader import LoadedModel
 
 logger = logging.getLogger("vllm_whisper.api_server")
-DEFAULT_MODEL = "tiny.en"
-DECODER_CONTEXT = 448
 
 
 @dataclass
@@ -61,29 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="alias (tiny.en, base), model directory or hub id")
-    parser.add_argument("--served-model-name", nargs="+", default=None,
-                        help="names clients may send as `model` (default: the --model value and whisper-1)")
+    """The engine flags (EngineArgs, shared with every entry point), then the server-only flags."""
+    EngineArgs.add_cli_args(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"),
                         help="require `Authorization: Bearer KEY` on /v1 routes (or set VLLM_API_KEY)")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
-    parser.add_argument("--quantization", choices=("int8",), default=None,
-                        help="int8: int8 weights for the linear layers (CPU, float32 activations; much faster)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--max-num-seqs", type=int, default=64, help="most window decodes running at once")
-    parser.add_argument("--max-model-len", type=int, default=DECODER_CONTEXT,
-                        help="decoder tokens per window, prompt included (Whisper's context is 448)")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--kv-cache-space", type=float, default=4.0, help="GiB for the caches on the CPU")
-    parser.add_argument("--attention-backend", choices=("auto", "torch", "triton", "xformers"), default="auto",
-                        help="attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton, xformers")
-    parser.add_argument("--max-encoder-windows-per-step", type=int, default=None,
-                        help="new 30 s windows encoded per engine step (default 16 on CUDA, 2 on CPU): lower keeps "
-                             "running streams' token gaps short, higher admits bursts faster")
-    parser.add_argument("--enforce-eager", action="store_true",
-                        help="never capture CUDA graphs for decode steps (they are captured on CUDA with Triton)")
     parser.add_argument("--max-audio-filesize-mb", type=float, default=25.0)
     parser.add_argument("--max-audio-duration", type=float, default=7200.0,
                         help="longest decoded audio accepted, in seconds (checked while decoding, before resampling; "
@@ -108,24 +88,17 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 def create_state(args: argparse.Namespace) -> ServerState:
     """Load the model and start the engine thread."""
-    if not 16 <= args.max_model_len <= DECODER_CONTEXT:
-        raise ValueError(f"--max-model-len must be between 16 and {DECODER_CONTEXT}, got {args.max_model_len}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model(args.model, dtype=args.dtype, device=device, quantization=args.quantization)
-    config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
-                          gpu_memory_utilization=args.gpu_memory_utilization,
-                          attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
-                          max_encoder_windows_per_step=args.max_encoder_windows_per_step)
-    llm_engine = LLMEngine(loaded, config)
+    engine_args = EngineArgs.from_cli_args(args)
+    llm_engine = engine_args.create_engine()
+    loaded, config = llm_engine.loaded, llm_engine.config
     warm_up(llm_engine)
     engine = AsyncLLMEngine(llm_engine, restart_on_failure=args.restart_engine_on_failure)
-    served = args.served_model_name or [args.model, "whisper-1"]
+    served = engine_args.served_names
     metrics = ServerMetrics.create(served[0])
     limits = ServingLimits(
         max_audio_bytes=int(args.max_audio_filesize_mb * 2**20),
-        max_concurrent_requests=args.max_num_seqs + args.max_waiting_requests,
-        # Whisper keeps half the context for the previous-text prompt, as the reference does.
-        max_new_tokens=min(224, args.max_model_len // 2),
+        max_concurrent_requests=config.max_num_seqs + args.max_waiting_requests,
+        max_new_tokens=config.default_max_new_tokens,
         max_audio_seconds=args.max_audio_duration,
         upload_read_timeout=args.upload_read_timeout,
     )
@@ -247,7 +220,7 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
 
 def _model_card(state: ServerState, name: str) -> dict:
     return {"id": name, "object": "model", "created": state.created, "owned_by": "vllm-whisper",
-            "root": state.loaded.name, "max_model_len": DECODER_CONTEXT,
+            "root": state.loaded.name, "max_model_len": state.engine.engine.config.max_model_len,
             "languages": sorted(state.loaded.tokenizer.supported_languages)}
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from vllm_whisper.audio.decode import AudioDecodeError
+from vllm_whisper.engine_args import EngineArgs
 from vllm_whisper.model_executor.errors import ModelLoadError
 
 OUTPUT_FORMATS = ("jsonl", "json", "text", "srt", "vtt", "verbose_json", "tsv")
@@ -19,15 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     tr = commands.add_parser("transcribe", help="transcribe or translate audio files")
     tr.add_argument("files", nargs="+", help="audio files (wav, flac, mp3, ogg, m4a, webm, mpeg, ...)")
-    tr.add_argument("--model", default="tiny.en", help="alias (tiny.en, base), model directory or hub id")
     tr.add_argument("--language", default=None, help="spoken language (ISO code or name); default: detect")
     tr.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     tr.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl")
     tr.add_argument("--output-dir", type=Path, default=None, help="write FILE.<format> here instead of stdout")
-    tr.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
-    tr.add_argument("--quantization", choices=("int8",), default=None,
-                    help="int8: int8 weights for the linear layers (CPU, float32 activations; much faster)")
-    tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
     tr.add_argument("--beam-size", type=int, default=1, help="beams for beam search (1: greedy)")
     tr.add_argument("--word-timestamps", action="store_true",
@@ -40,15 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first decoding temperature; failed windows retry hotter in steps of 0.2 up to 1.0")
     tr.add_argument("--no-condition-on-previous-text", action="store_true",
                     help="do not prompt each window with the previous text")
-    tr.add_argument("--max-num-seqs", type=int, default=64, help="most windows decoding at once")
-    tr.add_argument("--kv-cache-space", type=float, default=4.0,
-                    help="GiB of CPU memory for the KV cache (self-attention blocks + cross-attention slots)")
-    tr.add_argument("--gpu-memory-utilization", type=float, default=0.9,
-                    help="fraction of GPU memory to use in total (CUDA only)")
-    tr.add_argument("--attention-backend", choices=("auto", "torch", "triton", "xformers"), default="auto",
-                    help="attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton, xformers")
-    tr.add_argument("--enforce-eager", action="store_true",
-                    help="never capture CUDA graphs for decode steps (they are captured on CUDA with Triton)")
+    EngineArgs.add_cli_args(tr)
     serve = commands.add_parser("serve", help="run the OpenAI-compatible server (same flags as "
                                 "python -m vllm_whisper.entrypoints.api_server)")
     from vllm_whisper.entrypoints.api_server import add_server_arguments
@@ -68,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from vllm_whisper.config import EngineConfig
     from vllm_whisper.entrypoints.llm import LLM
     from vllm_whisper.outputs.formats import render_text
     from vllm_whisper.params import TranscriptionParams, fallback_temperatures
@@ -78,18 +65,16 @@ def _transcribe(args: argparse.Namespace) -> int:
         print(f"error: {fmt} output of several files needs --output-dir", file=sys.stderr)
         return 2
     try:
+        engine_args = EngineArgs.from_cli_args(args)
+        engine_config = engine_args.create_engine_config()
         params = TranscriptionParams(
             task=args.task, language=args.language, timestamps=not args.no_timestamps, beam_size=args.beam_size,
             word_timestamps=args.word_timestamps, chunking_strategy=args.chunking_strategy,
             vad_filter=args.vad_filter, initial_prompt=args.initial_prompt,
             temperature=fallback_temperatures(args.temperature),
-            condition_on_previous_text=not args.no_condition_on_previous_text)
-        engine_config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_space_gib=args.kv_cache_space,
-                                     gpu_memory_utilization=args.gpu_memory_utilization,
-                                     attention_backend=args.attention_backend,
-                                     enforce_eager=args.enforce_eager)
-        llm = LLM(model=args.model, dtype=args.dtype, device=args.device, engine_config=engine_config,
-                  quantization=args.quantization)
+            condition_on_previous_text=not args.no_condition_on_previous_text,
+            max_new_tokens=engine_config.default_max_new_tokens)
+        llm = LLM(engine_args=engine_args)
         if params.task == "translate" and not llm.tokenizer.is_multilingual:
             raise ValueError(f"The English-only model {args.model!r} cannot translate; use a multilingual model.")
     except (ValueError, ModelLoadError) as exc:

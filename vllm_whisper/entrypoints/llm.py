@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import dataclasses
+import inspect
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -10,21 +12,28 @@ import torch
 from vllm_whisper.audio.decode import AudioSource, load_audio
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.llm_engine import LLMEngine
-from vllm_whisper.model_executor.loader import LoadedModel, load_model
+from vllm_whisper.engine_args import DEFAULT_MODEL, EngineArgs
+from vllm_whisper.model_executor.loader import LoadedModel
 from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.transcribe.batch import transcribe_batch
 from vllm_whisper.transcribe.result import TranscriptionResult
 
-DEFAULT_MODEL = "tiny.en"
+__all__ = ["DEFAULT_MODEL", "LLM"]
 
 
 class LLM:
-    """Load a Whisper model once and transcribe or translate many inputs with it on the batched engine."""
+    """Load a Whisper model once and transcribe or translate many inputs with it on the batched engine.
 
-    def __init__(self, model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cpu",
-                 engine_config: EngineConfig | None = None, quantization: str | None = None):
-        self.loaded: LoadedModel = load_model(model, dtype=dtype, device=device, quantization=quantization)
-        self.engine = LLMEngine(self.loaded, engine_config)
+    Keyword arguments are EngineArgs fields (model=, dtype=, device=, quantization=, max_num_seqs=,
+    max_model_len=, ...), with EngineArgs' defaults; engine_config= passes a ready EngineConfig instead of the
+    engine fields, engine_args= a ready EngineArgs instead of all of them.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, engine_config: EngineConfig | None = None,
+                 engine_args: EngineArgs | None = None, **kwargs: Any):
+        self.engine_args = _engine_args(model, engine_args, engine_config, kwargs)
+        self.loaded: LoadedModel = self.engine_args.load_model()
+        self.engine = LLMEngine(self.loaded, engine_config or self.engine_args.create_engine_config())
 
     @property
     def tokenizer(self):
@@ -40,13 +49,54 @@ class LLM:
         timestamps=, ...) build TranscriptionParams."""
         if params is not None and options:
             raise ValueError("pass either params or keyword options, not both")
-        params = params or TranscriptionParams(**options)
+        if params is None:
+            options.setdefault("max_new_tokens", self.engine.config.default_max_new_tokens)
+            params = TranscriptionParams(**options)
         audios = [load_audio(item) for item in _as_list(items)]
         return transcribe_batch(self.engine, audios, params)
 
     def translate(self, items: AudioSource | Sequence[AudioSource], **options) -> list[TranscriptionResult]:
         """Translate speech in any supported language to English text."""
         return self.transcribe(items, task="translate", **options)
+
+
+_LOADING_FIELDS = ("model", "served_model_name", "dtype", "quantization", "device")
+
+
+def _engine_args(model: str, engine_args: EngineArgs | None, engine_config: EngineConfig | None,
+                 kwargs: dict[str, Any]) -> EngineArgs:
+    """One EngineArgs from LLM's keyword arguments; unknown names and double specifications are errors."""
+    unknown = sorted(set(kwargs) - set(EngineArgs.field_names()))
+    if unknown:
+        raise TypeError(f"LLM() got unexpected keyword argument(s) {', '.join(unknown)}; engine options are the "
+                        f"EngineArgs fields: {', '.join(EngineArgs.field_names())}")
+    if engine_args is not None:
+        if kwargs or model != DEFAULT_MODEL:
+            raise ValueError("pass either engine_args or its fields (model=, dtype=, ...) to LLM, not both")
+        return engine_args
+    if engine_config is not None:
+        doubled = sorted(set(kwargs) - set(_LOADING_FIELDS))
+        if doubled:
+            raise ValueError(f"pass either engine_config or the engine fields {', '.join(doubled)} to LLM, not both")
+        kwargs = {**kwargs, "max_model_len": engine_config.max_model_len}
+    return EngineArgs(model=model, **kwargs)
+
+
+def _signature() -> inspect.Signature:
+    """LLM.__init__'s signature lists every EngineArgs field (with its one default) for help() and IDEs."""
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("self", positional),
+              inspect.Parameter("model", positional, default=DEFAULT_MODEL, annotation=str)]
+    for f in dataclasses.fields(EngineArgs):
+        if f.name != "model":
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                            annotation=f.type))
+    for name, annotation in (("engine_config", "EngineConfig | None"), ("engine_args", "EngineArgs | None")):
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+    return inspect.Signature(params)
+
+
+LLM.__init__.__signature__ = _signature()  # type: ignore[attr-defined]
 
 
 def _as_list(items) -> list:

@@ -357,7 +357,8 @@ class RealtimeSession:
         params = TranscriptionParams(
             language=self.config.language if self.multilingual else "en", timestamps=False,
             initial_prompt=self.config.prompt, condition_on_previous_text=False, prefix=prefix or None,
-            temperature=fallback_temperatures(0.0) if final else (0.0,))
+            temperature=fallback_temperatures(0.0) if final else (0.0,),
+            max_new_tokens=self.engine.engine.config.default_max_new_tokens)
         async for event in stream_transcription(self.engine, audio, params, f"rt-{self.session_id}-{tag}"):
             if isinstance(event, TranscriptionFinished):
                 return event.result.text
