@@ -93,3 +93,17 @@ def test_progress_bars_on_a_terminal_only():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "True"]
+
+
+def test_soak_smoke(tmp_path):
+    """benchmarks/soak.py end to end for a few seconds: mixed load, RSS samples, zero 5xx and zero lost."""
+    out = tmp_path / "soak.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--minutes", "0.3", "--warmup-minutes", "0.1",
+         "--concurrency", "2", "--sample-seconds", "2", "--clips", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    tally = result["tally"]
+    assert tally["server_errors"] == 0 and tally["lost"] == 0 and tally["unexpected_4xx"] == 0
+    assert tally["ok"] > 0 and len(result["rss_curve"]) >= 3
