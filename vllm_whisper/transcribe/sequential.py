@@ -22,11 +22,11 @@ import torch
 from vllm_whisper.audio.decode import SAMPLE_RATE
 from vllm_whisper.audio.features import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
 from vllm_whisper.decoding.greedy import encode_window, greedy_decode
-from vllm_whisper.decoding.logits_rules import LogitsRules
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.model_executor.loader import LoadedModel
 from vllm_whisper.model_executor.whisper import CrossKV
 from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.sampling.rules import LogitsRules
 from vllm_whisper.transcribe.alignment import add_word_timestamps
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult, compression_ratio
 from vllm_whisper.transcribe.segments import split_window
