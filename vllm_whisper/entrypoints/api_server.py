@@ -74,8 +74,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decoder tokens per window, prompt included (Whisper's context is 448)")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--kv-cache-space", type=float, default=4.0, help="GiB for the caches on the CPU")
-    parser.add_argument("--attention-backend", choices=("auto", "torch", "triton", "xformers"), default="auto",
-                        help="attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton, xformers")
+    parser.add_argument("--attention-backend", choices=("auto", "torch", "triton"), default="auto",
+                        help="attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton")
     parser.add_argument("--max-encoder-windows-per-step", type=int, default=None,
                         help="new 30 s windows encoded per engine step (default 16 on CUDA, 2 on CPU): lower keeps "
                              "running streams' token gaps short, higher admits bursts faster")

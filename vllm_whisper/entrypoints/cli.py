@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="GiB of CPU memory for the KV cache (self-attention blocks + cross-attention slots)")
     tr.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                     help="fraction of GPU memory to use in total (CUDA only)")
-    tr.add_argument("--attention-backend", choices=("auto", "torch", "triton", "xformers"), default="auto",
-                    help="attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton, xformers")
+    tr.add_argument("--attention-backend", choices=("auto", "torch", "triton"), default="auto",
+                    help="attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton")
     tr.add_argument("--enforce-eager", action="store_true",
                     help="never capture CUDA graphs for decode steps (they are captured on CUDA with Triton)")
     serve = commands.add_parser("serve", help="run the OpenAI-compatible server (same flags as "
