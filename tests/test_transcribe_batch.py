@@ -7,11 +7,11 @@ import numpy as np
 
 from vllm_whisper.audio import load_audio
 from vllm_whisper.config import EngineConfig
+from vllm_whisper.decoding.reference_runner import transcribe_sequential
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.testing.speech import synthesize
 from vllm_whisper.transcribe.batch import transcribe_batch
-from vllm_whisper.transcribe.sequential import transcribe_sequential
 
 
 def long_audio(clips, gap_seconds: float) -> np.ndarray:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vllm_whisper.model_executor.whisper import ContiguousKVCache, CrossKV, WhisperModel
+from vllm_whisper.model_executor.whisper import ContiguousKVCache, EncodedWindow, WhisperModel
 from vllm_whisper.sampling.reference import apply_rules_row
 from vllm_whisper.sampling.rules import LogitsRules
 from vllm_whisper.tokenizer import WhisperTokenizer
@@ -28,14 +28,6 @@ class WindowDecodeResult:
     @property
     def avg_logprob(self) -> float:
         return self.sum_logprob / (len(self.tokens) + 1)
-
-
-@dataclass
-class EncodedWindow:
-    """Encoder output and cross-attention K/V of one window, computed once and reused."""
-
-    encoder_out: Tensor
-    cross_kv: CrossKV
 
 
 @torch.inference_mode()
