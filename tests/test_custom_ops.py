@@ -280,7 +280,7 @@ def test_logits_rules_match_per_row_reference(seed):
     """Against sampling/reference.py directly, with one rules object for the whole batch (stride-0 lists)."""
     logits, rules, histories = random_batch(100 + seed, 24, vocab=51865, eot=50257, no_ts=50363, ts_begin=50364,
                                             shared_rules=seed % 2 == 0)
-    expected = torch.stack([apply_rules_row(r, logits[i], histories[i]) for i, (r, _) in enumerate(zip(rules, histories))])
+    expected = torch.stack([apply_rules_row(r, logits[i], h) for i, (r, h) in enumerate(zip(rules, histories))])
     batch = ops.pack_logits_rules(rules, histories)
     if seed % 2 == 0:
         assert batch.suppress_tokens.stride(0) == 0

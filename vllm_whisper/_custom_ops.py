@@ -2,10 +2,10 @@
 
 Each wrapper runs the compiled op when the extension is loaded and has a kernel for the tensors' device (C++ on
 the CPU always; CUDA where the extension was built with its CUDA kernels), and otherwise a torch version that
-computes the same thing (beside it here; for the logits rules, sampling/batched.py). `HAS_C_EXTENSION` says whether the extension loaded and
-`backend()` says which path runs where (and why the extension is missing, if it is). Build the extension with
-`bash scripts/build_ext.sh` (scripts/bootstrap.sh does); set VLLM_WHISPER_DISABLE_C_EXTENSION=1 to force the
-torch paths.
+computes the same thing (beside it here; for the logits rules, sampling/batched.py). `HAS_C_EXTENSION` says
+whether the extension loaded and `backend()` says which path runs where (and why the extension is missing, if it
+is). Build the extension with `bash scripts/build_ext.sh` (scripts/bootstrap.sh does); set
+VLLM_WHISPER_DISABLE_C_EXTENSION=1 to force the torch paths.
 
 Ops:
   reshape_and_cache        self-attention K/V of new tokens into the paged cache (16-token blocks)
