@@ -89,7 +89,7 @@ def heads_view(batch, tokens, heads, dtype, device, count=3):
 def paged_setup(batch, heads, past, new, dtype, device):
     """One layer's cache, scattered block tables, metadata for `new` tokens after `past` cached ones."""
     from vllm_whisper.attention.metadata import PagedAttentionMetadata
-    from vllm_whisper.engine.kv_cache import KVCacheTensors
+    from vllm_whisper.attention.kv_cache_layout import KVCacheTensors
 
     per_seq = -(-(past + new) // BLOCK_SIZE)
     num_blocks = batch * per_seq + 8

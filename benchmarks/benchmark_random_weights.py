@@ -30,7 +30,7 @@ import torch
 from common import machine_description, progress
 
 from vllm_whisper.config import EngineConfig
-from vllm_whisper.decoding.logits_rules import LogitsRules
+from vllm_whisper.sampling.rules import LogitsRules
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.engine_args import EngineArgs

@@ -70,7 +70,7 @@ def hf_oracle(hf_tiny_dir):
 @pytest.fixture(scope="session")
 def tiny_en_tokenizer() -> WhisperTokenizer:
     """tiny.en's tokenizer alone (no weights): what random-weight models need, also on a GPU machine handed only
-    the tokenizer files (scripts/gpu_bundle.sh)."""
+    the tokenizer files (scripts/gpu_bundle.py)."""
     return load_tokenizer(tokenizer_dir("tiny.en"), WHISPER_SHAPES["tiny.en"].vocab_size)
 
 

@@ -16,6 +16,7 @@ import torch
 from vllm_whisper.audio.decode import SAMPLE_RATE, load_audio
 from vllm_whisper.audio.features import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
 from vllm_whisper.decoding.greedy import encode_window
+from vllm_whisper.decoding.reference_runner import transcribe_sequential
 from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.testing.speech import HARVARD_SENTENCES, synthesize
 from vllm_whisper.transcribe.alignment import (
@@ -29,7 +30,6 @@ from vllm_whisper.transcribe.alignment import (
     split_to_word_tokens,
 )
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult
-from vllm_whisper.transcribe.sequential import transcribe_sequential
 
 PARAMS = TranscriptionParams(language="en", temperature=(0.0,), word_timestamps=True)
 

@@ -15,13 +15,11 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from vllm_whisper.attention.kv_cache_layout import KVCacheTensors  # noqa: E402
 from vllm_whisper.attention.metadata import PagedAttentionMetadata  # noqa: E402
-from vllm_whisper.attention.selector import (  # noqa: E402
-    get_attention_backend, resolve_backend_name, use_encoder_attention,
-)
+from vllm_whisper.attention.selector import get_attention_backend, resolve_backend_name  # noqa: E402
 from vllm_whisper.attention.torch_paged import TorchPagedAttention  # noqa: E402
 from vllm_whisper.config import EngineConfig  # noqa: E402
-from vllm_whisper.engine.kv_cache import KVCacheTensors  # noqa: E402
 from vllm_whisper.engine.llm_engine import LLMEngine  # noqa: E402
 from vllm_whisper.model_executor import whisper  # noqa: E402
 from vllm_whisper.testing.engine_runs import (  # noqa: E402
@@ -49,11 +47,6 @@ def test_explicit_choices_fail_clearly_where_they_cannot_run(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA"):
         resolve_backend_name("triton", torch.device("cpu"), 64)
-    try:
-        import xformers  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match="not installed"):
-            resolve_backend_name("xformers", DEVICE, 64)
 
 
 def test_torch_backend_is_the_reference():
@@ -74,18 +67,25 @@ def test_flags_reach_the_engine_config():
         build_parser().parse_args(["transcribe", "a.wav", "--attention-backend", "flash"])
 
 
-def test_encoder_attention_is_swapped_only_inside_the_block():
+def test_encoder_attention_is_passed_per_call(small_random):
+    """The encoder's attention is an argument of encode, not a module global swapped around each call (which
+    concurrent engines would race on): the function given runs in every encoder layer of that call only."""
     def marked(q, k, v):
         calls.append(q.shape)
         return F.scaled_dot_product_attention(q, k, v)
 
     calls: list = []
-    with use_encoder_attention(marked):
-        assert whisper.encoder_self_attention is marked
-    assert whisper.encoder_self_attention is F.scaled_dot_product_attention
-    with pytest.raises(RuntimeError), use_encoder_attention(marked):
-        raise RuntimeError("boom")
-    assert whisper.encoder_self_attention is F.scaled_dot_product_attention
+    model = small_random.model
+    mel = torch.randn(1, model.config.num_mel_bins, 3000, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        want = model.encode(mel)
+        assert not calls
+        got = model.encode(mel, attention=marked)
+        assert len(calls) == model.config.encoder_layers
+        model.encode(mel)
+    assert len(calls) == model.config.encoder_layers
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert not hasattr(whisper, "encoder_self_attention")
 
 
 # --- the Triton backend against the reference on one cache state ---------------------------------------------------
@@ -129,42 +129,13 @@ def test_triton_backend_matches_reference_on_a_mixed_step():
                                    atol=2e-5, rtol=2e-5)
 
 
-def test_xformers_backend_layouts_with_a_stand_in(monkeypatch):
-    """xformers is not installed here: check the backend's layout handling against a stand-in that has xformers'
-    (batch, tokens, heads, head_dim) convention, implemented with SDPA."""
-    import sys
-    import types
-
-    from vllm_whisper.attention.xformers_backend import XFormersPagedAttention, xformers_encoder_attention
-
-    def memory_efficient_attention(q, k, v):
-        assert q.shape[2] == k.shape[2] == 2  # heads on axis 2
-        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-
-    ops = types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention)
-    monkeypatch.setitem(sys.modules, "xformers", types.SimpleNamespace(ops=ops))
-    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
-    gen = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(2, 2, 30, 64, generator=gen) for _ in range(3))
-    torch.testing.assert_close(xformers_encoder_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
-    cache = KVCacheTensors([torch.randn(8, 4, 2, 64, generator=gen)], [torch.randn(8, 4, 2, 64, generator=gen)],
-                           [torch.randn(4, 2, 30, 64, generator=gen)], [torch.randn(4, 2, 30, 64, generator=gen)], 4)
-    for slots in ([1, 2], [3, 0, 3]):
-        meta = PagedAttentionMetadata.build([[1]] * len(slots), [0] * len(slots), [1] * len(slots), slots, 4,
-                                            torch.device("cpu"))
-        q = torch.randn(len(slots), 2, 1, 64, generator=gen)
-        torch.testing.assert_close(XFormersPagedAttention(cache, meta).cross_attend(0, q),
-                                   TorchPagedAttention(cache, meta).cross_attend(0, q))
-
-
 def test_encoder_through_the_triton_kernel_matches_sdpa(small_random):
     backend = get_attention_backend("triton", DEVICE, small_random.config.head_dim)
     model = copy.deepcopy(small_random.model).to(DEVICE) if DEVICE.type == "cuda" else small_random.model
     mel = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     with torch.inference_mode():
         want = model.encode(mel)
-        with use_encoder_attention(backend.encoder):
-            got = model.encode(mel)
+        got = model.encode(mel, attention=backend.encoder)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 

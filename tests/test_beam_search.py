@@ -15,6 +15,7 @@ from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.model_executor.whisper import ContiguousKVCache
 from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.sampling.reference import apply_rules_row
 from vllm_whisper.testing.engine_runs import run_to_completion
 from vllm_whisper.testing.speech import word_error_rate
 from vllm_whisper.transcribe.sequential import build_rules
@@ -39,7 +40,7 @@ def reference_beam_search(loaded, features, prompt, rules, beam_size, max_tokens
         hidden = model.decode(feed, positions, cache)
         logits = model.compute_logits(hidden[:, -1])
         for j in range(beam_size):
-            logits[j] = rules.apply(logits[j], sequences[j][len(prompt):])
+            logits[j] = apply_rules_row(rules, logits[j], sequences[j][len(prompt):])
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         scores, sources = {}, {}
         for j in range(beam_size):

@@ -2,7 +2,8 @@
 fallbacks, and an nvcc compile-only check of the CUDA sources.
 
 Cache writes must be bit-exact (outputs start poisoned with NaN); the logits op must give the same -inf
-positions as engine/sampler.py apply_rules and decoding/logits_rules.py, and leave every other value untouched.
+positions as the batched torch rules (sampling/batched.py) and the per-row reference (sampling/reference.py), and
+leave every other value untouched.
 The C++ tests skip when the extension is not built (the reason is printed); with VLLM_WHISPER_REQUIRE_EXT=1
 (set by .ci/run) a missing extension or nvcc fails instead.
 """
@@ -20,8 +21,9 @@ import pytest
 import torch
 
 from vllm_whisper import _custom_ops as ops
-from vllm_whisper.decoding.logits_rules import LogitsRules
-from vllm_whisper.engine.sampler import apply_rules
+from vllm_whisper.sampling.batched import apply_rules, apply_rules_packed_
+from vllm_whisper.sampling.reference import apply_rules_row
+from vllm_whisper.sampling.rules import LogitsRules
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE = os.environ.get("VLLM_WHISPER_REQUIRE_EXT", "0") not in ("", "0")
@@ -275,10 +277,10 @@ def test_logits_rules_match_apply_rules(dtype, seed, batch):
 @needs_c
 @pytest.mark.parametrize("seed", range(4))
 def test_logits_rules_match_per_row_reference(seed):
-    """Against decoding/logits_rules.py directly, with one rules object for the whole batch (stride-0 lists)."""
+    """Against sampling/reference.py directly, with one rules object for the whole batch (stride-0 lists)."""
     logits, rules, histories = random_batch(100 + seed, 24, vocab=51865, eot=50257, no_ts=50363, ts_begin=50364,
                                             shared_rules=seed % 2 == 0)
-    expected = torch.stack([r.apply(logits[i], histories[i]) for i, (r, _) in enumerate(zip(rules, histories))])
+    expected = torch.stack([apply_rules_row(r, logits[i], h) for i, (r, h) in enumerate(zip(rules, histories))])
     batch = ops.pack_logits_rules(rules, histories)
     if seed % 2 == 0:
         assert batch.suppress_tokens.stride(0) == 0
@@ -330,11 +332,11 @@ def test_logits_rules_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_torch_fallback_matches_apply_rules(seed):
+def test_torch_fallback_matches_per_row_reference(seed):
     """The packed-tensor torch path (used without the extension, or for CUDA tensors without CUDA kernels)."""
     logits, rules, histories = random_batch(200 + seed, 40)
-    expected = apply_rules(logits, rules, histories)
-    actual = ops.apply_whisper_logits_rules_torch_(logits.clone(), ops.pack_logits_rules(rules, histories))
+    expected = torch.stack([apply_rules_row(r, logits[i], h) for i, (r, h) in enumerate(zip(rules, histories))])
+    actual = apply_rules_packed_(logits.clone(), ops.pack_logits_rules(rules, histories))
     assert_same_rules(actual, expected, logits, rules, histories)
     assert all(count > 0 for count in rule_coverage(expected, rules, histories).values())
 
@@ -344,8 +346,8 @@ def test_fallback_without_extension():
     code = """
 import torch
 from vllm_whisper import _custom_ops as ops
-from vllm_whisper.decoding.logits_rules import LogitsRules
-from vllm_whisper.engine.sampler import apply_rules
+from vllm_whisper.sampling.batched import apply_rules
+from vllm_whisper.sampling.rules import LogitsRules
 assert not ops.HAS_C_EXTENSION and "torch fallback" in ops.backend(), ops.backend()
 cache = torch.zeros(2, 16, 2, 4); cache_v = torch.zeros_like(cache)
 key = torch.randn(3, 2, 4)

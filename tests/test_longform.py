@@ -8,9 +8,9 @@ import pytest
 
 from vllm_whisper import LLM, TranscriptionParams
 from vllm_whisper.audio import load_audio
+from vllm_whisper.decoding.reference_runner import run_job_with_reference, transcribe_sequential
 from vllm_whisper.testing.speech import synthesize
-from vllm_whisper.transcribe.sequential import (JobResult, LongFormTranscription, run_job_with_reference,
-                                                transcribe_sequential)
+from vllm_whisper.transcribe.sequential import JobResult, LongFormTranscription
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,10 @@ import random
 import pytest
 import torch
 
-from vllm_whisper.decoding.logits_rules import LogitsRules
-from vllm_whisper.engine.sampler import SamplingParams, apply_rules, sample
+from vllm_whisper.engine.sampler import SamplingParams, sample
+from vllm_whisper.sampling.batched import apply_rules
+from vllm_whisper.sampling.reference import apply_rules_row
+from vllm_whisper.sampling.rules import LogitsRules
 
 EOT, NO_TS, TS, VOCAB = 50256, 50362, 50363, 51864
 
@@ -47,7 +49,7 @@ def test_batched_rules_equal_reference(seed):
         logits[row, TS:] += rng.uniform(-2, 4)
     batched = apply_rules(logits, rules, histories)
     for row in range(batch):
-        expected = rules[row].apply(logits[row], histories[row])
+        expected = apply_rules_row(rules[row], logits[row], histories[row])
         assert torch.equal(torch.isfinite(batched[row]), torch.isfinite(expected)), row
         finite = torch.isfinite(expected)
         assert torch.equal(batched[row][finite], expected[finite])

@@ -7,11 +7,11 @@ import numpy as np
 
 from vllm_whisper.audio import load_audio
 from vllm_whisper.config import EngineConfig
+from vllm_whisper.decoding.reference_runner import transcribe_sequential
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.testing.speech import synthesize
 from vllm_whisper.transcribe.batch import transcribe_batch
-from vllm_whisper.transcribe.sequential import transcribe_sequential
 
 
 def long_audio(clips, gap_seconds: float) -> np.ndarray:
@@ -61,7 +61,7 @@ def test_word_alignment_reuses_the_windows_cross_kv(tiny_en, speech_dir, monkeyp
     expected = transcribe_sequential(tiny_en, audio, params)
     calls = []
     original = tiny_en.model.encode
-    monkeypatch.setattr(tiny_en.model, "encode", lambda mel: calls.append(mel.shape[0]) or original(mel))
+    monkeypatch.setattr(tiny_en.model, "encode", lambda mel, **kw: calls.append(mel.shape[0]) or original(mel, **kw))
     engine = LLMEngine(tiny_en, EngineConfig(kv_cache_space_gib=0.25))
     [got] = transcribe_batch(engine, [audio], params)
     assert sum(calls) == 1 == engine.stats.encoder_runs  # the window's encoder run, nothing for alignment

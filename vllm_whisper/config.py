@@ -23,7 +23,7 @@ class EngineConfig:
     kv_cache_space_gib: CPU memory for the self-attention blocks and cross-attention slots together.
     gpu_memory_utilization: fraction of GPU memory the process may use in total (GPU only).
     num_kv_blocks / num_cross_slots: exact pool sizes, overriding the budget (tests and tuning).
-    attention_backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton" or "xformers" (if installed).
+    attention_backend: "auto" (Triton on CUDA, torch on CPU), "torch" or "triton".
     enforce_eager: never capture CUDA graphs (they are captured on CUDA with the Triton backend, one per decode
         batch-size bucket up to max_num_seqs; capture takes seconds and some GPU memory at start-up).
     """
@@ -56,8 +56,8 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.attention_backend not in ("auto", "torch", "triton", "xformers"):
-            raise ValueError(f"attention_backend must be auto, torch, triton or xformers, "
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"attention_backend must be auto, torch or triton, "
                              f"got {self.attention_backend!r}")
 
     @property

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "tiny.en"
 DTYPES = ("auto", "float32", "fp32", "float", "float16", "fp16", "half", "bfloat16", "bf16")
 QUANTIZATIONS = ("int8",)
-ATTENTION_BACKENDS = ("auto", "torch", "triton", "xformers")
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
 DEVICE_TYPES = ("cpu", "cuda")
 
 
@@ -58,7 +58,7 @@ class EngineArgs:
     num_cross_slots: int | None = field(default=None, metadata=_help(
         "exact number of cross-attention slots, overriding the memory budget (tuning, tests)"))
     attention_backend: str = field(default="auto", metadata=_help(
-        "attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton, xformers"))
+        "attention kernels: auto (Triton on CUDA, torch on CPU), torch, triton"))
     max_encoder_windows_per_step: int | None = field(default=None, metadata=_help(
         "new 30 s windows encoded per engine step (default: 16 on CUDA, 2 on CPU): lower keeps running streams' "
         "token gaps short, higher admits bursts faster"))

@@ -1,4 +1,4 @@
-"""TranscriptionParams: the one options object that the CLI, the offline API and (later) the server fill in."""
+"""TranscriptionParams: the one options object that the CLI, the offline API and the server fill in."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 // CPU kernels that write new K/V into the caches: self-attention tokens into 16-token blocks through a flat
-// slot mapping, and whole cross-attention windows (1500 frames) into their slots. Layouts: engine/kv_cache.py.
+// slot mapping, and whole cross-attention windows (1500 frames) into their slots.
+// Layouts: vllm_whisper/attention/kv_cache_layout.py.
 #include <ATen/Parallel.h>
 
 #include <cstring>

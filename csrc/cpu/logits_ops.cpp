@@ -1,7 +1,8 @@
 // Whisper's logits rules for a whole batch on the CPU, in place: suppress blank (first sampled token),
 // suppress tokens, and for timestamp rows no <|notimestamps|>, paired timestamps, monotonic timestamps, the
-// initial-timestamp rule and the logsumexp rule. Matches engine/sampler.py apply_rules (the batched torch
-// reference) and decoding/logits_rules.py (the per-row reference). One task per row; nothing returns to Python.
+// initial-timestamp rule and the logsumexp rule. Matches vllm_whisper/sampling/batched.py (the batched torch
+// version, the op's fallback) and sampling/reference.py (the per-row reference). One task per row; nothing returns
+// to Python.
 #include <ATen/Parallel.h>
 
 #include <algorithm>

@@ -1,7 +1,8 @@
-// CUDA kernels that write new K/V into the caches (layouts: engine/kv_cache.py). Self-attention: one block per
-// new token, writing heads * head_dim values at its flat slot. Cross-attention: a grid over (chunk, head,
-// window) copying the window's 1500 x head_dim values per head into its slot. Source strides are honoured
-// (the decoder's K/V are transposed views); the caches are contiguous. Dtypes convert on the fly.
+// CUDA kernels that write new K/V into the caches (layouts: vllm_whisper/attention/kv_cache_layout.py).
+// Self-attention: one block per new token, writing heads * head_dim values at its flat slot. Cross-attention: a
+// grid over (chunk, head, window) copying the window's 1500 x head_dim values per head into its slot. Source
+// strides are honoured (the decoder's K/V are transposed views); the caches are contiguous. Dtypes convert on the
+// fly.
 #include <algorithm>
 
 #include "../checks.h"

@@ -1,31 +1,28 @@
-"""Which attention implementation the engine uses: `--attention-backend auto|torch|triton|xformers`.
+"""Which attention implementation the engine uses: `--attention-backend auto|torch|triton`.
 
 auto picks Triton on CUDA (compute capability 7.5 and up, Triton installed, power-of-two head dim) and the torch
 reference everywhere else. triton on the CPU is allowed only under the Triton interpreter (TRITON_INTERPRET=1,
-tests); xformers only when it is installed, on CUDA. A backend is the decoder attention built per step plus the
-encoder's self-attention function, which the runner swaps in around each encoder call (on Turing the Triton
-backend keeps the encoder on SDPA: Triton 3.6 lowers its dots to FMA there).
+tests). A backend is the decoder attention built per step plus the encoder's self-attention function, which
+the runner passes to each encoder call (on Turing the Triton backend keeps the encoder on SDPA: Triton 3.6 lowers
+its dots to FMA there).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
+from vllm_whisper.attention.kv_cache_layout import KVCacheTensors
 from vllm_whisper.attention.metadata import PagedAttentionMetadata
 from vllm_whisper.attention.torch_paged import TorchPagedAttention
-from vllm_whisper.engine.kv_cache import KVCacheTensors
+from vllm_whisper.model_executor.whisper import EncoderAttention
 
-ATTENTION_BACKENDS = ("auto", "torch", "triton", "xformers")
-
-EncoderAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
 
 
 @dataclass(frozen=True)
@@ -67,11 +64,6 @@ def resolve_backend_name(requested: str, device: torch.device, head_dim: int | N
         reason = _triton_usable(device, head_dim)
         if reason is not None:
             raise ValueError(f"--attention-backend triton: {reason}; use torch or auto")
-    if requested == "xformers":
-        if importlib.util.find_spec("xformers") is None:
-            raise ValueError("--attention-backend xformers: xformers is not installed (pip install xformers)")
-        if device.type != "cuda":
-            raise ValueError("--attention-backend xformers needs a CUDA device")
     return requested
 
 
@@ -86,21 +78,4 @@ def get_attention_backend(requested: str, device: torch.device, head_dim: int | 
             # compute-bound encoder stays on SDPA, which uses the tensor cores.
             return AttentionBackend("triton", TritonPagedAttention, F.scaled_dot_product_attention)
         return AttentionBackend("triton", TritonPagedAttention, encoder_attention)
-    if name == "xformers":
-        from vllm_whisper.attention.xformers_backend import XFormersPagedAttention, xformers_encoder_attention
-
-        return AttentionBackend("xformers", XFormersPagedAttention, xformers_encoder_attention)
     return AttentionBackend("torch", TorchPagedAttention, F.scaled_dot_product_attention)
-
-
-@contextmanager
-def use_encoder_attention(fn: EncoderAttention) -> Iterator[None]:
-    """Run the encoder layers' self-attention through fn for the duration of the block."""
-    from vllm_whisper.model_executor import whisper
-
-    previous = whisper.encoder_self_attention
-    whisper.encoder_self_attention = fn
-    try:
-        yield
-    finally:
-        whisper.encoder_self_attention = previous

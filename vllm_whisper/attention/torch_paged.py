@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vllm_whisper import _custom_ops as ops
+from vllm_whisper.attention.kv_cache_layout import KVCacheTensors
 from vllm_whisper.attention.metadata import PagedAttentionMetadata
-from vllm_whisper.engine.kv_cache import KVCacheTensors
 
 
 class TorchPagedAttention:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vllm_whisper.attention.kv_cache_layout import KVCacheTensors
 from vllm_whisper.attention.metadata import PagedAttentionMetadata
-from vllm_whisper.engine.kv_cache import KVCacheTensors
 from vllm_whisper.kernels.cross_attention import cross_attention
 from vllm_whisper.kernels.kv_store import store_kv
 from vllm_whisper.kernels.paged_attention import paged_attention

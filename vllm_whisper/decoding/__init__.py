@@ -1,4 +1,6 @@
-"""Per-sequence reference decoding: Whisper's logits rules and a plain greedy single-window decoder.
+"""Reference decoding, the oracles the batched engine is tested against: a plain greedy single-window decoder
+(greedy.py) and long-form transcription on it (reference_runner.py).
 
-These are deliberately simple and unbatched; they are the oracle the batched engine is tested against.
+Deliberately simple and unbatched; production code never imports this package (tests/test_import_layers.py).
+Whisper's logits rules, their per-row reference included, live in vllm_whisper/sampling/.
 """

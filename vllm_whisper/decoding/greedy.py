@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vllm_whisper.decoding.logits_rules import LogitsRules
-from vllm_whisper.model_executor.whisper import ContiguousKVCache, CrossKV, WhisperModel
+from vllm_whisper.model_executor.whisper import ContiguousKVCache, EncodedWindow, WhisperModel
+from vllm_whisper.sampling.reference import apply_rules_row
+from vllm_whisper.sampling.rules import LogitsRules
 from vllm_whisper.tokenizer import WhisperTokenizer
 
 
@@ -27,14 +28,6 @@ class WindowDecodeResult:
     @property
     def avg_logprob(self) -> float:
         return self.sum_logprob / (len(self.tokens) + 1)
-
-
-@dataclass
-class EncodedWindow:
-    """Encoder output and cross-attention K/V of one window, computed once and reused."""
-
-    encoder_out: Tensor
-    cross_kv: CrossKV
 
 
 @torch.inference_mode()
@@ -78,7 +71,7 @@ def greedy_decode(
         generator = torch.Generator(device=model.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
     for step in range(limit):
-        ruled = rules.apply(logits, generated)
+        ruled = apply_rules_row(rules, logits, generated)
         if generator is None:
             token = int(torch.argmax(ruled))
         else:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vllm_whisper.attention.kv_cache_layout import KVCacheTensors
 from vllm_whisper.attention.triton_backend import TritonPagedAttention
-from vllm_whisper.engine.kv_cache import KVCacheTensors
 from vllm_whisper.model_executor.whisper import WhisperModel
 
 

@@ -1,18 +1,18 @@
-"""Memory for decoding: self-attention K/V in fixed-size blocks, cross-attention K/V in one slot per window.
+"""Bookkeeping of the decoding memory: which self-attention blocks and cross-attention slots are in use.
 
 Every Whisper window has 1500 encoder frames, so cross K/V lives in equal slots (no fragmentation). Decoder
 self-attention K/V grows token by token, so it lives in 16-token blocks addressed through per-sequence block
-tables; blocks carry reference counts so beams can share a prefix copy-on-write.
+tables; blocks carry reference counts so beams can share a prefix copy-on-write. The tensors themselves and their
+per-block / per-slot sizes are the attention layer's (attention/kv_cache_layout.py); plan_pools asks it for them.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
+from vllm_whisper.attention.kv_cache_layout import block_bytes, slot_bytes
 from vllm_whisper.model_executor.whisper_config import WhisperConfig
 
 
@@ -84,27 +84,6 @@ class SlotPool:
         self._free.append(slot)
 
 
-@dataclass
-class KVCacheTensors:
-    """The cache memory itself, per decoder layer."""
-
-    self_k: list[Tensor]  # (num_blocks, block_size, heads, head_dim)
-    self_v: list[Tensor]
-    cross_k: list[Tensor]  # (num_slots, heads, encoder_frames, head_dim)
-    cross_v: list[Tensor]
-    block_size: int
-
-
-def block_bytes(config: WhisperConfig, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes of one self-attention block across all layers (K and V)."""
-    return config.decoder_layers * 2 * block_size * config.d_model * _itemsize(dtype)
-
-
-def slot_bytes(config: WhisperConfig, dtype: torch.dtype) -> int:
-    """Bytes of one window's cross-attention K/V across all layers (K and V)."""
-    return config.decoder_layers * 2 * config.max_source_positions * config.d_model * _itemsize(dtype)
-
-
 def plan_pools(config: WhisperConfig, budget_bytes: int, block_size: int, max_num_seqs: int,
                dtype: torch.dtype) -> tuple[int, int]:
     """Split a byte budget into (blocks, slots): each slot is paired with enough blocks for a full decode, and
@@ -120,20 +99,3 @@ def plan_pools(config: WhisperConfig, budget_bytes: int, block_size: int, max_nu
         )
     blocks = (budget_bytes - slots * slot_bytes(config, dtype)) // block_bytes(config, block_size, dtype)
     return int(min(blocks, max_num_seqs * blocks_per_seq)), int(slots)
-
-
-def allocate_tensors(config: WhisperConfig, num_blocks: int, num_slots: int, block_size: int,
-                     dtype: torch.dtype, device: torch.device) -> KVCacheTensors:
-    heads, head_dim = config.decoder_attention_heads, config.head_dim
-
-    def per_layer(shape: tuple[int, ...]) -> list[Tensor]:
-        return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.decoder_layers)]
-
-    self_shape = (num_blocks, block_size, heads, head_dim)
-    cross_shape = (num_slots, heads, config.max_source_positions, head_dim)
-    return KVCacheTensors(per_layer(self_shape), per_layer(self_shape), per_layer(cross_shape),
-                          per_layer(cross_shape), block_size)
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 
 from vllm_whisper import _custom_ops as ops
+from vllm_whisper.attention.kv_cache_layout import KVCacheTensors, allocate_tensors
 from vllm_whisper.attention.selector import get_attention_backend
 from vllm_whisper.config import EngineConfig
-from vllm_whisper.engine.kv_cache import BlockPool, KVCacheTensors, SlotPool, allocate_tensors, plan_pools
+from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, plan_pools
 from vllm_whisper.engine.model_runner import ModelRunner
 from vllm_whisper.engine.beam_search import beam_update, finalize
 from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus, Sequence

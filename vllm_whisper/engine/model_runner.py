@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from vllm_whisper import _custom_ops as ops
+from vllm_whisper.attention.kv_cache_layout import KVCacheTensors
 from vllm_whisper.attention.metadata import PagedAttentionMetadata
-from vllm_whisper.attention.selector import AttentionBackend, get_attention_backend, use_encoder_attention
-from vllm_whisper.engine.kv_cache import KVCacheTensors
+from vllm_whisper.attention.selector import AttentionBackend, get_attention_backend
 from vllm_whisper.engine.request import Request, Sequence
 from vllm_whisper.model_executor.whisper import WhisperModel
 
@@ -50,8 +50,7 @@ class ModelRunner:
     def encode(self, requests: list[Request]) -> None:
         """Encode the windows of newly admitted requests and write their cross K/V into their slots."""
         features = torch.stack([r.features for r in requests]).to(self.model.device)
-        with use_encoder_attention(self.backend.encoder):
-            encoder_out = self.model.encode(features)
+        encoder_out = self.model.encode(features, attention=self.backend.encoder)
         cross_kv = self.model.compute_cross_kv(encoder_out)
         slots = torch.tensor([r.cross_slot for r in requests], device=self.model.device)
         for layer, (k, v) in enumerate(cross_kv):  # vllm_whisper._C op when built, else the same torch copy

@@ -1,8 +1,7 @@
-"""Batched Whisper logits rules and sampling for one engine step.
+"""Sampling for one engine step: each window's SamplingParams and the choice of one token per row.
 
-The rules are the reference's (decoding/logits_rules.py), applied to a (batch, vocab) tensor at once with
-per-row masks built from each row's history: suppress blank, suppress tokens, the timestamp pairing, monotonic
-and initial-timestamp rules, and the logsumexp rule. Tests hold it equal to the per-row reference.
+The logits arrive already ruled: Whisper's logits rules live in vllm_whisper/sampling/ (the engine applies them
+through _custom_ops.apply_whisper_logits_rules, the C++/CUDA op or its torch fallback sampling/batched.py).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vllm_whisper.decoding.logits_rules import LogitsRules
+from vllm_whisper.sampling.rules import LogitsRules
 
 
 @dataclass(frozen=True)
@@ -65,86 +64,6 @@ class SamplingParams:
 class SamplerOutput:
     tokens: list[int]
     logprobs: list[float]  # log-probability of each chosen token under the ruled, untempered distribution
-
-
-_mask_cache: dict[tuple[LogitsRules, int, str], tuple[Tensor, Tensor]] = {}
-
-
-def _static_masks(rules: LogitsRules, vocab: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    key = (rules, vocab, str(device))
-    if key not in _mask_cache:
-        if len(_mask_cache) >= 64:  # many distinct per-request suppress lists: start over rather than grow
-            _mask_cache.clear()
-        suppress = torch.zeros(vocab, dtype=torch.bool, device=device)
-        suppress[list(rules.suppress_tokens)] = True
-        begin = torch.zeros(vocab, dtype=torch.bool, device=device)
-        begin[list(rules.begin_suppress_tokens)] = True
-        _mask_cache[key] = (suppress, begin)
-    return _mask_cache[key]
-
-
-def apply_rules(logits: Tensor, rules: list[LogitsRules], histories: list[list[int]]) -> Tensor:
-    """Forbidden tokens of each row set to -inf; `histories` are the tokens sampled so far per row."""
-    batch, vocab = logits.shape
-    device = logits.device
-    logits = logits.clone()
-    masks = [_static_masks(r, vocab, device) for r in rules]
-    suppress = torch.stack([m[0] for m in masks])
-    begin = torch.stack([m[1] for m in masks])
-    first = torch.tensor([not h for h in histories], device=device)
-    blank_rows = first & torch.tensor([r.suppress_blank for r in rules], device=device)
-    forbid = suppress | (begin & blank_rows[:, None])
-
-    ts_rows = torch.tensor([r.timestamps for r in rules], device=device)
-    if bool(ts_rows.any()):
-        forbid |= _timestamp_masks(rules, histories, ts_rows, first, vocab, device)
-    logits.masked_fill_(forbid, -torch.inf)
-    if bool(ts_rows.any()):
-        ts_begin = torch.tensor([r.timestamp_begin for r in rules], device=device)[:, None]
-        col = torch.arange(vocab, device=device)[None, :]
-        is_ts = col >= ts_begin
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        ts_mass = torch.logsumexp(logprobs.masked_fill(~is_ts, -torch.inf), dim=-1)
-        max_text = logprobs.masked_fill(is_ts, -torch.inf).max(dim=-1).values
-        force_ts = ts_rows & (ts_mass > max_text)
-        logits.masked_fill_(force_ts[:, None] & ~is_ts, -torch.inf)
-    return logits
-
-
-def _timestamp_masks(rules: list[LogitsRules], histories: list[list[int]], ts_rows: Tensor, first: Tensor,
-                     vocab: int, device: torch.device) -> Tensor:
-    """Pairing, monotonic and initial-timestamp rules as one (batch, vocab) mask."""
-    col = torch.arange(vocab, device=device)[None, :]
-    eot, no_ts, ts_begin, floor, max_initial = [], [], [], [], []
-    last_ts, penult_ts = [], []
-    for r, h in zip(rules, histories):
-        begin = r.timestamp_begin
-        last = len(h) >= 1 and h[-1] >= begin
-        penult = len(h) < 2 or h[-2] >= begin
-        stamps = [t for t in h if t >= begin]
-        eot.append(r.eot)
-        no_ts.append(r.no_timestamps)
-        ts_begin.append(begin)
-        last_ts.append(last)
-        penult_ts.append(penult)
-        if stamps:
-            floor.append(stamps[-1] if last and not penult else stamps[-1] + 1)
-        else:
-            floor.append(begin)
-        initial = r.max_initial_timestamp_index
-        max_initial.append(vocab if initial is None else begin + initial + 1)
-
-    def column(values: list) -> Tensor:
-        return torch.tensor(values, device=device)[:, None]
-
-    eot_t, ts_t = column(eot), column(ts_begin)
-    last_t, penult_t = column(last_ts), column(penult_ts)
-    forbid = col == column(no_ts)
-    forbid |= last_t & penult_t & (col >= ts_t)
-    forbid |= last_t & ~penult_t & (col < eot_t)
-    forbid |= (col >= ts_t) & (col < column(floor))
-    forbid |= first[:, None] & ((col < ts_t) | (col >= column(max_initial)))
-    return forbid & ts_rows[:, None]
 
 
 def sample(logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> SamplerOutput:

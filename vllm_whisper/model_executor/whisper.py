@@ -8,7 +8,8 @@ Parameter names follow Hugging Face's WhisperForConditionalGeneration (without t
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,17 @@ from vllm_whisper.model_executor.interfaces import AudioConfig, SupportsTranscri
 from vllm_whisper.model_executor.whisper_config import WhisperConfig
 
 CrossKV = list[tuple[Tensor, Tensor]]  # per decoder layer: (k, v), each (batch, heads, 1500, head_dim)
-# The encoder's self-attention (q, k, v) -> out; attention.selector.use_encoder_attention swaps in a kernel.
-encoder_self_attention = F.scaled_dot_product_attention
+# The encoder's self-attention: (batch, heads, frames, head_dim) q, k, v -> output, no mask. Callers pass theirs to
+# WhisperModel.encode (the engine: its attention backend's); SDPA by default.
+EncoderAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass
+class EncodedWindow:
+    """Encoder output and cross-attention K/V of one window, computed once and reused."""
+
+    encoder_out: Tensor
+    cross_kv: CrossKV
 
 
 class DecoderAttention(Protocol):
@@ -75,11 +85,11 @@ class EncoderLayer(nn.Module):
         self.fc2 = nn.Linear(config.encoder_ffn_dim, config.d_model)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attention: EncoderAttention) -> Tensor:
         h = self.self_attn_layer_norm(x)
         q = self.self_attn.split_heads(self.self_attn.q_proj(h))
         k, v = self.self_attn.project_kv(h)
-        x = x + self.self_attn.merge_heads(encoder_self_attention(q, k, v))
+        x = x + self.self_attn.merge_heads(attention(q, k, v))
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
 
@@ -116,7 +126,7 @@ class WhisperEncoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
         self.layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, mel: Tensor) -> Tensor:
+    def forward(self, mel: Tensor, attention: EncoderAttention = F.scaled_dot_product_attention) -> Tensor:
         x = F.gelu(self.conv1(mel))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
         if x.shape[1] != self.embed_positions.weight.shape[0]:
@@ -126,7 +136,7 @@ class WhisperEncoder(nn.Module):
             )
         x = x + self.embed_positions.weight
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, attention)
         return self.layer_norm(x)
 
 
@@ -159,9 +169,10 @@ class WhisperModel(nn.Module, SupportsTranscription):
         self.quantization: str | None = None
 
     # --- the three steps the engine schedules --------------------------------------------------------
-    def encode(self, mel: Tensor) -> Tensor:
-        """(batch, n_mels, 3000) log-mel -> (batch, 1500, d_model) encoder states."""
-        return self.encoder(mel.to(self.dtype))
+    def encode(self, mel: Tensor, attention: EncoderAttention | None = None) -> Tensor:
+        """(batch, n_mels, 3000) log-mel -> (batch, 1500, d_model) encoder states; `attention` runs the encoder's
+        self-attention (default SDPA), passed per call so concurrent callers never share a swapped-in kernel."""
+        return self.encoder(mel.to(self.dtype), attention or F.scaled_dot_product_attention)
 
     def compute_cross_kv(self, encoder_out: Tensor) -> CrossKV:
         """Project encoder states to every decoder layer's cross-attention K/V (done once per window)."""

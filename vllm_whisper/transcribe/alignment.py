@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vllm_whisper.audio.features import FRAMES_PER_SECOND, N_FRAMES, pad_or_trim_frames
-from vllm_whisper.decoding.greedy import EncodedWindow
 from vllm_whisper.model_executor.loader import LoadedModel
-from vllm_whisper.model_executor.whisper import ContiguousKVCache, CrossKV, WhisperModel
+from vllm_whisper.model_executor.whisper import ContiguousKVCache, CrossKV, EncodedWindow, WhisperModel
 from vllm_whisper.model_executor.whisper_config import WhisperConfig
 from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.tokenizer import WhisperTokenizer

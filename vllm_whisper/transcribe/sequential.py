@@ -2,7 +2,8 @@
 timestamp, repeat.
 
 The machine only says which window to decode next (a WindowJob) and consumes the result, so the same loop runs
-on the reference decoder (one job at a time) and on the batched engine (jobs of many files at once). It keeps
+on the reference decoder (one job at a time: decoding/reference_runner.py, the oracle) and on the batched engine
+(jobs of many files at once). It keeps
 the reference semantics: temperature fallback on repetitive or unlikely output (a retry is another job on the
 same window, so the encoder output is reused), conditioning on previous text, an initial prompt, and skipping
 windows judged silent.
@@ -21,12 +22,11 @@ import torch
 
 from vllm_whisper.audio.decode import SAMPLE_RATE
 from vllm_whisper.audio.features import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
-from vllm_whisper.decoding.greedy import encode_window, greedy_decode
-from vllm_whisper.decoding.logits_rules import LogitsRules
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.model_executor.loader import LoadedModel
 from vllm_whisper.model_executor.whisper import CrossKV
 from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.sampling.rules import LogitsRules
 from vllm_whisper.transcribe.alignment import add_word_timestamps
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult, compression_ratio
 from vllm_whisper.transcribe.segments import split_window
@@ -279,21 +279,3 @@ class LongFormTranscription:
     def _job_id(self, kind: str) -> str:
         self._jobs_issued += 1
         return f"{self.name}:{kind}{self._jobs_issued}"
-
-
-def run_job_with_reference(loaded: LoadedModel, job: WindowJob) -> JobResult:
-    """Decode one job with the unbatched reference decoder (greedy, or sampling at the job's temperature)."""
-    if job.params.beam_size > 1:
-        raise ValueError("the reference decoder is greedy; run beam search on the engine (LLM.transcribe)")
-    window = encode_window(loaded.model, job.features)
-    out = greedy_decode(loaded.model, window, job.prompt, job.params.rules, job.params.max_new_tokens,
-                        job.params.no_speech_index, job.params.temperature, job.params.seed)
-    return JobResult(out.tokens, out.sum_logprob, out.no_speech_prob, job.params.temperature, window.cross_kv)
-
-
-def transcribe_sequential(loaded: LoadedModel, audio: np.ndarray, params: TranscriptionParams) -> TranscriptionResult:
-    """Transcribe one file window by window with the reference decoder (the oracle for the engine path)."""
-    machine = LongFormTranscription(loaded, audio, params, "audio")
-    while (job := machine.next_job()) is not None:
-        machine.on_result(job, run_job_with_reference(loaded, job))
-    return machine.result()
