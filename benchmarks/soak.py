@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_serving import Clip, LaunchedServer, free_port, make_clips  # noqa: E402
 from common import machine_description  # noqa: E402
 
+from vllm_whisper.engine_args import EngineArgs  # noqa: E402
+
 BAD_INPUTS = [  # (form fields, file bytes, expected status)
     ({}, b"\x00\x01 not audio" * 100, 400),
     ({"response_format": "xml"}, None, 400),
@@ -124,8 +126,8 @@ async def realtime_turn(url: str, audio: np.ndarray, tally: Tally) -> None:
 
 async def run(args: argparse.Namespace, clips: list[Clip], realtime_audio: np.ndarray, logs: Path) -> dict:
     port = free_port()
-    command = [sys.executable, "-m", "vllm_whisper.entrypoints.api_server", "--model", args.model, "--port", str(port),
-               "--max-num-seqs", str(args.concurrency), "--log-level", "warning"]
+    command = [sys.executable, "-m", "vllm_whisper.entrypoints.api_server", *EngineArgs.from_cli_args(args).to_cli_args(),
+               "--port", str(port), "--log-level", "warning"]
     server = LaunchedServer(command, port, logs / "soak-server.log")
     try:
         await server.wait_ready()
@@ -168,7 +170,7 @@ def summarize(tally: Tally, curve: list[tuple[float, float]], warmup_s: float) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny.en")
+    EngineArgs.add_cli_args(parser)  # the server's engine flags (--model, --dtype, --quantization, ...)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--warmup-minutes", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=8)

@@ -25,7 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"tokenizer", "params", "_custom_ops"},  # the C++/CUDA op wrappers; their torch fallbacks come from sampling/
     {"model_executor"},  # the model; it is handed its attention (encoder function, decoder cache) by the caller
     {"attention"},  # backends and the K/V cache layout they own
-    {"engine", "config"},
+    {"engine", "config", "engine_args"},  # engine_args builds EngineConfig and the engine
     {"transcribe"},
     {"decoding"},  # the reference decoder and its runner over transcribe's state machine: an oracle
     {"outputs"},
