@@ -267,7 +267,7 @@ class LLMEngine:
     def _decide(self, seqs: list[Sequence]) -> "_GroupDecision":
         """Everything that can fail on the model's side, with no effect on engine state but the runner's advance."""
         step = self.runner.run(seqs)
-        # Whisper's rules for every row at once (the vllm_whisper._C op when built, else sampler.apply_rules).
+        # Whisper's rules for every row at once (the vllm_whisper._C op when built, else sampling/batched.py).
         ruled = ops.apply_whisper_logits_rules(step.logits, [s.request.params.rules for s in seqs],
                                                [s.output for s in seqs])
         broken = ~torch.isfinite(step.logits).all(dim=-1)  # NaN / inf raw logits: a numerical fault in that row
