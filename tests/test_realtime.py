@@ -137,3 +137,36 @@ def test_local_agreement_only_commits_what_two_passes_share():
 def test_pcm16_chunks_are_100_ms():
     chunks = pcm16_chunks(np.zeros(16000, np.float32), 24000, 100)
     assert len(chunks) == 10 and all(len(c) == len(chunks[0]) for c in chunks)
+
+
+def test_one_append_holding_two_turns_gives_two_items(server, speech_dir):
+    """Server VAD splits audio that arrives in one append at each turn's end: each turn's words go to its own
+    item, and the second turn's timeline continues where the first one's remainder starts."""
+    first = load_audio(synthesize(HARVARD_SENTENCES[0], speech_dir / "turn_a.wav").path)
+    second = load_audio(synthesize(HARVARD_SENTENCES[5], speech_dir / "turn_b.wav").path)
+    a, b = (clip[slice(*speech_bounds(clip))] for clip in (first, second))
+    silence = np.zeros(24000, np.float32)
+    audio = np.concatenate([silence[:8000], a, silence, b, silence])
+    [chunk] = pcm16_chunks(audio, 16000, chunk_ms=len(audio) * 1000 // 16000 + 1000)
+
+    async def main() -> list[dict]:
+        async with websockets.connect(ws_url(server), additional_headers=AUTH, max_size=2**24) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {
+                "format": {"type": "audio/pcm", "rate": 16000}}}}}))
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+            events = []
+            while sum(e["type"].endswith("transcription.completed") for e in events) < 2:
+                events.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+            return events
+
+    events = asyncio.run(main())
+    completed = [e for e in events if e["type"].endswith("transcription.completed")]
+    texts = {e["item_id"]: normalize_text(e["transcript"]) for e in completed}
+    items = [e["item_id"] for e in events if e["type"] == "input_audio_buffer.committed"]
+    assert len(items) == 2 and set(items) == set(texts)
+    assert "birch" in texts[items[0]] and "birch" not in texts[items[1]], texts
+    assert len(texts[items[1]].split()) >= 4, texts
+    starts = [e["audio_start_ms"] for e in events if e["type"] == "input_audio_buffer.speech_started"]
+    second_start = (8000 + a.size + silence.size) / 16
+    assert len(starts) == 2 and abs(starts[1] - (second_start - 300)) <= 300, (starts, second_start)

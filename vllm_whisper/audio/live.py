@@ -75,6 +75,10 @@ class LiveAudioBuffer:
     def seconds(self) -> float:
         return len(self._input) / self.rate
 
+    def audio_after(self, seconds: float) -> np.ndarray:
+        """A copy of the client-rate samples from `seconds` (from the buffer start) to the end."""
+        return self._input.view()[max(0, int(round(seconds * self.rate))):].copy()
+
     def samples_16k(self) -> np.ndarray:
         """The turn at 16 kHz (a view: valid until the next append, clear or drop)."""
         return self._output.view()

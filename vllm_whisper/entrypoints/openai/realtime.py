@@ -223,10 +223,15 @@ class RealtimeSession:
         if not isinstance(audio, str):
             raise RealtimeError("input_audio_buffer.append needs base64 `audio`", param="audio")
         samples = decode_pcm16(audio)
+        self.stream_seconds += samples.size / self.audio.rate
+        await self._ingest(samples)
+
+    async def _ingest(self, samples: np.ndarray) -> None:
+        """Add client-rate audio to the turn, run server VAD over it and act on the turn boundaries it finds. Audio
+        after a turn's end starts the next turn, so one append holding several turns gives one item per turn."""
         before = self.audio.samples_16k().size
         self.audio.append(samples)  # incremental: costs the chunk, not the turn
         new_16k = self.audio.samples_16k()[before:].copy()
-        self.stream_seconds += new_16k.size / 16000
         if self.detector is not None:
             detector = self.detector
             # The VAD model runs on a worker thread so many sessions cannot stall the event loop; this session's
@@ -235,8 +240,12 @@ class RealtimeSession:
             for turn in turns if detector is self.detector else ():
                 if turn.kind == "speech_started":
                     await self._speech_started(turn.at_seconds)
-                else:
-                    await self._speech_stopped(turn.at_seconds)
+                    continue
+                remainder = await self._speech_stopped(turn.at_seconds)
+                if remainder is not None:
+                    if remainder.size:
+                        await self._ingest(remainder)  # a fresh detector looks for the next turn in it
+                    return
         elif self.item_id is None and self.audio.seconds:
             self.item_id = f"item_{secrets.token_hex(10)}"
         if self.detector is not None and self.item_id is None and self.audio.seconds > IDLE_KEEP_S * 2:
@@ -278,17 +287,26 @@ class RealtimeSession:
         self.audio.drop_before(max(0.0, detector_seconds - self.buffer_origin))
         self.buffer_origin += before - self.audio.seconds
 
-    async def _speech_stopped(self, at_seconds: float) -> None:
+    async def _speech_stopped(self, at_seconds: float) -> np.ndarray | None:
+        """Commit the turn up to where its end was detected; return the audio after that point (the start of what
+        comes next), or None when no turn was open."""
         if self.item_id is None:
-            return
+            return None
         await self.send({"type": "input_audio_buffer.speech_stopped", "item_id": self.item_id,
                          "audio_end_ms": round((self.turn_offset + at_seconds) * 1000)})
-        await self.commit()
+        detected_at = at_seconds + self.config.turn_detection["silence_duration_ms"] / 1000 - self.buffer_origin
+        remainder = self.audio.audio_after(detected_at)
+        await self.commit(until_seconds=detected_at)
+        self.turn_offset -= remainder.size / self.audio.rate  # the next turn's timeline starts at the remainder
+        return remainder
 
-    async def commit(self) -> None:
-        """Close the turn: announce the item, then decode it whole in the background and complete it."""
+    async def commit(self, until_seconds: float | None = None) -> None:
+        """Close the turn (its audio up to `until_seconds`, default all): announce the item, then decode it whole
+        in the background and complete it."""
         item_id = self.item_id or f"item_{secrets.token_hex(10)}"
         audio = self.audio.samples_16k().copy()
+        if until_seconds is not None:
+            audio = audio[: max(0, int(round(until_seconds * 16000)))]
         agreement = self.agreement
         self._cancel_pass()
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id,
