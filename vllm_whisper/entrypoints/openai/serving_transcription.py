@@ -49,7 +49,7 @@ class TranscriptionService:
     def __init__(self, engine: AsyncLLMEngine, served_names: list[str], limits: ServingLimits,
                  metrics: ServerMetrics):
         self.engine = engine
-        self.loaded = engine.engine.loaded
+        self.loaded = engine.loaded
         self.served_names = served_names
         self.limits = limits
         self.metrics = metrics
