@@ -50,28 +50,26 @@ class AsyncLLMEngine:
         self._thread.start()
 
     # --- public API -------------------------------------------------------------------------------
-    async def generate(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
+    def generate(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
                        audio_seconds: float = 30.0, window_key: str | None = None,
                        retain_window: bool = False) -> AsyncIterator[RequestOutput]:
         """Yield this request's outputs as steps produce them; the last one has finished=True."""
         def add() -> None:
             self.engine.add_request(request_id, features, prompt, params, audio_seconds, window_key, retain_window)
 
-        async for output in self._outputs(request_id, add):
-            yield output
+        return self._outputs(request_id, add)
 
-    async def align(self, request_id: str, features: Tensor, prompt: list[int], params: AlignmentParams,
+    def align(self, request_id: str, features: Tensor, prompt: list[int], params: AlignmentParams,
                     window_key: str | None = None, retain_window: bool = False) -> AsyncIterator[RequestOutput]:
         """Yield the one (finished) output of a word-alignment pass; see LLMEngine.add_alignment_request."""
         def add() -> None:
             self.engine.add_alignment_request(request_id, features, prompt, params, window_key, retain_window)
 
-        async for output in self._outputs(request_id, add):
-            yield output
+        return self._outputs(request_id, add)
 
     async def _outputs(self, request_id: str, add: Callable[[], None]) -> AsyncIterator[RequestOutput]:
-        """Send `add` to the engine thread and yield the request's outputs until it finishes; closing early
-        aborts it."""
+        """Send `add` to the engine thread (on the first iteration) and yield the request's outputs until it
+        finishes; closing the generator early aborts the request."""
         if self._error is not None:
             raise EngineDeadError(f"the engine stopped: {self._error}")
         stream = _Stream(asyncio.get_running_loop())

@@ -259,7 +259,7 @@ def tokens_per_segment(segments: list[Segment], eot: int) -> list[list[int]]:
     """The text tokens of each segment of one window (what its alignment request aligns, concatenated); a
     ValueError when the segments are not all of one window."""
     if any(s.seek != segments[0].seek for s in segments):
-        raise ValueError("add_word_timestamps aligns one window at a time: all segments need the same seek")
+        raise ValueError("word timestamps align one window at a time: all segments need the same seek")
     return [[t for t in s.tokens if t < eot] for s in segments]
 
 

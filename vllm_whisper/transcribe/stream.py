@@ -3,9 +3,9 @@ the moment its closing timestamp is decoded, then the final result.
 
 Each piece of the file (FileTranscription: the whole file, its VAD speech, or parallel chunks) keeps its
 sequential seek loop; each window job is one engine request (driven by transcribe/driver.py, as the offline
-batch is), so many streams share engine steps. Deltas and early segments are provisional only in one case: when a window's output
-fails the fallback checks and is decoded again hotter, what was already sent for it stays sent (the final
-event carries the authoritative result).
+batch is), so many streams share engine steps. Deltas and early segments are provisional only in one case:
+when a window's output fails the fallback checks and is decoded again hotter, what was already sent for it
+stays sent (the final event carries the authoritative result).
 """
 
 from __future__ import annotations
