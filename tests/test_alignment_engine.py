@@ -109,6 +109,20 @@ def test_alignment_requests_are_validated_and_aborted_cleanly(small_random):
     assert engine.stats.num_free_cross_slots == 4 and engine.stats.alignment_passes == 0
 
 
+def test_an_alignment_waiting_for_a_slot_held_by_retained_windows_says_so(small_random):
+    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=64, num_cross_slots=1))
+    first, second = windows(small_random, 2)
+    prompt, params = align_prompt(small_random), AlignmentParams((1, 2, 3), 3000)
+    engine.add_alignment_request("a", first, prompt, params, window_key="kept", retain_window=True)
+    run_to_completion(engine)
+    engine.add_alignment_request("b", second, prompt, params, window_key="other")
+    with pytest.raises(RuntimeError, match="release_window"):
+        engine.step()
+    engine.release_window("kept")
+    assert [out.request_id for out in engine.step()] == ["b"]
+    assert engine.stats.num_free_cross_slots == 1 and engine.stats.encoder_runs == 2
+
+
 def test_async_engine_aligns_and_exposes_the_model(small_random):
     engine = AsyncLLMEngine(LLMEngine(small_random, EngineConfig(num_kv_blocks=64, num_cross_slots=4)))
     try:

@@ -23,7 +23,8 @@ def blocks_for(num_tokens: int, block_size: int) -> int:
 
 @dataclass
 class SchedulerOutput:
-    encode: list[Request | AlignmentRequest] = field(default_factory=list)  # new windows: run the encoder, fill their slots
+    # new windows: run the encoder, fill their slots
+    encode: list[Request | AlignmentRequest] = field(default_factory=list)
     prefill: list[Sequence] = field(default_factory=list)  # feed the whole uncached context
     decode: list[Sequence] = field(default_factory=list)  # feed one token
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # (source, destination) copy-on-write
@@ -108,22 +109,25 @@ class Scheduler:
         return out
 
     def _schedule_alignments(self, out: SchedulerOutput) -> None:
-        """Admit waiting alignment passes in arrival order: at least one, then while their tokens fit the batched
-        token budget. A window without a slot yet is encoded in this step, as for a decode."""
+        """Admit waiting alignment passes in arrival order while their tokens fit the batched-token budget (at
+        least one). One whose window has no slot yet is encoded in this step, as for a decode, or waits for a
+        slot without holding up the others (they take no blocks)."""
         tokens = 0
-        while self.alignments:
-            request = self.alignments[0]
-            new_window = request.window.slot is None
-            if new_window and (self.slots.num_free == 0 or len(out.encode) >= self.encoder_windows_per_step):
-                break
+        for request in list(self.alignments):
             if out.align and tokens + len(request.tokens) > self.config.max_num_batched_tokens:
                 break
-            self.alignments.popleft()
+            new_window = request.window.slot is None
+            if new_window and (self.slots.num_free == 0 or len(out.encode) >= self.encoder_windows_per_step):
+                continue
+            self.alignments.remove(request)
             if new_window:
                 request.window.slot = self.slots.allocate()
                 out.encode.append(request)
             tokens += len(request.tokens)
             out.align.append(request)
+        if self.alignments and not (out.align or self.running or self.waiting):
+            raise RuntimeError("an alignment request's window needs a cross-attention slot and every slot is held "
+                               "by a retained window; release_window() the windows you no longer need")
 
     def finish_alignment(self, request: AlignmentRequest) -> None:
         """Drop an alignment pass that has not run yet (aborted); the engine detaches its window."""
