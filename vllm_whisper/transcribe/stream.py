@@ -98,11 +98,12 @@ class _TaskJobs:
     def abort(self, job_id: str) -> None:
         self.engine.abort(job_id)
 
-    async def cancel_all(self) -> None:
+    def cancel_all(self) -> list[asyncio.Task]:
+        """Cancel every job's task (each closes its request's outputs, which aborts it); returns them to await."""
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        return tasks
 
 
 async def stream_transcription(engine: AsyncLLMEngine, audio: np.ndarray, params: TranscriptionParams,
@@ -142,8 +143,10 @@ async def stream_transcription(engine: AsyncLLMEngine, audio: np.ndarray, params
                 else:
                     yield SegmentClosed(file.map_segment(piece_events.piece, item.segment, file.next_segment_id()))
     finally:
-        await jobs.cancel_all()
+        # Nothing awaits before the aborts and releases are sent: a cancelled caller may not get to resume.
+        tasks = jobs.cancel_all()
         driver.abort_all()
+        await asyncio.gather(*tasks, return_exceptions=True)
     yield TranscriptionFinished(file.result(), sum(p.tokens for p in pieces))
 
 
