@@ -131,11 +131,12 @@ def test_async_engine_aligns_and_exposes_the_model(small_random):
         params = text_params(small_random, " Hello world.")
 
         async def align():
-            return [out async for out in engine.align("a", features, align_prompt(small_random), params)]
+            outputs = [out async for out in engine.align("a", features, align_prompt(small_random), params)]
+            return outputs, await engine.wait_idle()
 
-        [out] = asyncio.run(align())
+        [out], stats = asyncio.run(align())
         assert out.finished and out.alignment.matrix.shape == (len(params.text_tokens) + 1, 1200)
-        assert engine.engine.stats.alignment_passes == 1
+        assert stats.alignment_passes == 1 and stats.encoder_runs == 1
     finally:
         engine.shutdown()
 
