@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import Tensor
 
+from vllm_whisper.audio.features import N_FRAMES
 from vllm_whisper.engine.windows import WindowState
-
-N_FRAMES = 3000  # mel frames of one 30 s window
 
 
 @dataclass(frozen=True)
