@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_realtime import utterances  # noqa: E402

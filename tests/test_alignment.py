@@ -1,5 +1,6 @@
-"""Word timestamps from cross-attention (vllm_whisper.transcribe.alignment): DTW, median filter, word splitting,
-punctuation merging, and word timing accuracy on real speech with known word positions (tiny.en, flite)."""
+"""Word timestamps from cross-attention (vllm_whisper.transcribe.alignment; the reference pass in
+vllm_whisper.decoding.alignment): DTW, median filter, word splitting, punctuation merging, and word timing
+accuracy on real speech with known word positions (tiny.en, flite)."""
 
 from __future__ import annotations
 
@@ -19,16 +20,9 @@ from vllm_whisper.decoding.greedy import encode_window
 from vllm_whisper.decoding.reference_runner import transcribe_sequential
 from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.testing.speech import HARVARD_SENTENCES, synthesize
-from vllm_whisper.transcribe.alignment import (
-    WordTiming,
-    add_word_timestamps,
-    alignment_heads,
-    dtw,
-    find_alignment,
-    median_filter,
-    merge_punctuations,
-    split_to_word_tokens,
-)
+from vllm_whisper.decoding.alignment import add_word_timestamps, find_alignment
+from vllm_whisper.engine.alignment_pass import alignment_heads, median_filter
+from vllm_whisper.transcribe.alignment import WordTiming, dtw, merge_punctuations, split_to_word_tokens
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult
 
 PARAMS = TranscriptionParams(language="en", temperature=(0.0,), word_timestamps=True)

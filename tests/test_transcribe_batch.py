@@ -53,7 +53,7 @@ def test_language_detection_reuses_the_window(base_model, speech_dir):
 
 def test_word_alignment_reuses_the_windows_cross_kv(tiny_en, speech_dir, monkeypatch):
     """Word timestamps read the cross K/V the engine's slot already holds: one encoder run per window, and the
-    same words as the reference loop (which re-encodes nothing either: it passes its own window's K/V)."""
+    same words as the reference loop (run before the encoder calls are counted)."""
     clip = synthesize("The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background.",
                       speech_dir / "words_reuse.wav")
     audio = load_audio(clip.path)

@@ -17,9 +17,12 @@ from typing import AsyncIterator, Callable
 
 from torch import Tensor
 
+from vllm_whisper.engine.alignment import AlignmentParams
 from vllm_whisper.engine.llm_engine import EngineStats, LLMEngine
 from vllm_whisper.engine.request import RequestOutput
 from vllm_whisper.engine.sampler import SamplingParams
+from vllm_whisper.model_executor.loader import LoadedModel
+from vllm_whisper.tokenizer import WhisperTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -60,24 +63,39 @@ class AsyncLLMEngine:
         self._thread.start()
 
     # --- public API -------------------------------------------------------------------------------
-    async def generate(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
+    def generate(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
                        audio_seconds: float = 30.0, window_key: str | None = None,
                        retain_window: bool = False) -> AsyncIterator[RequestOutput]:
         """Yield this request's outputs as steps produce them; the last one has finished=True."""
+        def add() -> None:
+            self.engine.add_request(request_id, features, prompt, params, audio_seconds, window_key, retain_window)
+
+        return self._outputs(request_id, add)
+
+    def align(self, request_id: str, features: Tensor, prompt: list[int], params: AlignmentParams,
+                    window_key: str | None = None, retain_window: bool = False) -> AsyncIterator[RequestOutput]:
+        """Yield the one (finished) output of a word-alignment pass; see LLMEngine.add_alignment_request."""
+        def add() -> None:
+            self.engine.add_alignment_request(request_id, features, prompt, params, window_key, retain_window)
+
+        return self._outputs(request_id, add)
+
+    async def _outputs(self, request_id: str, add: Callable[[], None]) -> AsyncIterator[RequestOutput]:
+        """Send `add` to the engine thread (on the first iteration) and yield the request's outputs until it
+        finishes; closing the generator early aborts the request."""
         if self._error is not None:
             raise EngineDeadError(f"the engine stopped: {self._error}")
         stream = _Stream(asyncio.get_running_loop())
         self._streams[request_id] = stream
 
-        def add() -> None:
+        def add_or_fail() -> None:
             try:
-                self.engine.add_request(request_id, features, prompt, params, audio_seconds, window_key,
-                                        retain_window)
+                add()
             except Exception as exc:  # validation errors belong to this caller only
                 self._streams.pop(request_id, None)
                 stream.put(exc)
 
-        self._send(add)
+        self._send(add_or_fail)
         finished = False
         try:
             while True:
@@ -105,6 +123,15 @@ class AsyncLLMEngine:
 
     def release_window(self, window_key: str) -> None:
         self._send(lambda: self.engine.release_window(window_key))
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model the engine runs (config, tokenizer, generation defaults); read-only for callers."""
+        return self.engine.loaded
+
+    @property
+    def tokenizer(self) -> WhisperTokenizer:
+        return self.engine.loaded.tokenizer
 
     @property
     def stats(self) -> EngineStats:

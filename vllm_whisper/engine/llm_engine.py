@@ -2,7 +2,8 @@
 
 Each step encodes newly admitted windows in one batch (their cross K/V written once into slots), feeds every
 running sequence one token (new ones their whole prompt) through the paged decoder, applies Whisper's rules and
-samples. Finished or aborted requests return their blocks and slots at once.
+samples. Finished or aborted requests return their blocks and slots at once. Alignment requests (word
+timestamps) run in the same step as one batched teacher-forced pass over their windows' slots.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vllm_whisper import _custom_ops as ops
 from vllm_whisper.attention.kv_cache_layout import KVCacheTensors, allocate_tensors
 from vllm_whisper.attention.selector import get_attention_backend
 from vllm_whisper.config import EngineConfig
+from vllm_whisper.engine.alignment import AlignmentParams, AlignmentRequest
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, plan_pools
 from vllm_whisper.engine.model_runner import ModelRunner
 from vllm_whisper.engine.beam_search import beam_update, finalize
@@ -28,7 +30,6 @@ from vllm_whisper.engine.sampler import SamplerOutput, SamplingParams, sample
 from vllm_whisper.engine.scheduler import Scheduler, blocks_for
 from vllm_whisper.engine.windows import WindowRegistry
 from vllm_whisper.model_executor.loader import LoadedModel
-from vllm_whisper.model_executor.whisper import CrossKV
 
 if TYPE_CHECKING:
     from vllm_whisper.engine.cuda_graphs import DecodeGraphs
@@ -66,6 +67,7 @@ class EngineStats:
     num_free_cross_slots: int
     steps: int
     failed_requests: int = 0  # requests the engine finished with an error (fault containment)
+    alignment_passes: int = 0  # windows aligned for word timestamps (none re-encoded: they read the slot)
 
 
 class LLMEngine:
@@ -86,6 +88,7 @@ class LLMEngine:
                                    self.config.encoder_windows_per_step(model.device.type))
         self.requests: dict[str, Request] = {}
         self.failed_requests = 0
+        self.alignment_requests: dict[str, AlignmentRequest] = {}
         self.generated_tokens = 0
         self.audio_seconds_processed = 0.0
         self.steps = 0
@@ -167,7 +170,7 @@ class LLMEngine:
         """Stop a request and free its blocks and slot; False when it is unknown or already finished."""
         request = self.requests.pop(request_id, None)
         if request is None:
-            return False
+            return self._abort_alignment(request_id)
         self._finish(request, RequestStatus.FINISHED_ABORTED)
         return True
 
@@ -175,29 +178,65 @@ class LLMEngine:
         """Drop a retained window; its slot is freed once no request decodes it."""
         return self.windows.release(window_key)
 
-    def window_cross_kv(self, window_key: str) -> CrossKV | None:
-        """Per layer, views (1, heads, 1500, head_dim) of the cross K/V a window's slot holds, so callers (word
-        alignment) reuse them instead of re-encoding; None when the window has no slot. Valid until the window is
-        released; the slot is never written while the window holds it, so reading from another thread is safe."""
-        state = self.windows.windows.get(window_key)
-        if state is None or state.slot is None:
-            return None
-        slot = state.slot
-        cache = self.runner.cache
-        return [(k[slot:slot + 1], v[slot:slot + 1]) for k, v in zip(cache.cross_k, cache.cross_v)]
-
     def _finish(self, request: Request, status: RequestStatus) -> None:
         self.scheduler.finish(request, status)
         self.windows.detach(request.window)
         self.requests.pop(request.request_id, None)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+        return bool(self.requests or self.alignment_requests)
+
+    # --- alignment requests -----------------------------------------------------------------------
+    def add_alignment_request(self, request_id: str, features: Tensor, prompt: list[int], params: AlignmentParams,
+                              window_key: str | None = None, retain_window: bool = False) -> None:
+        """Queue a word-alignment pass over a window's text: prompt (<|startoftranscript|> .. <|notimestamps|>)
+        + params.text_tokens + <|endoftext|>, teacher-forced. Its one output carries the AlignmentOutput.
+
+        A window that already has a slot (retained, or decoding) is read from it; otherwise `features` are
+        encoded in the step like a decode request's. window_key and retain_window are as in add_request.
+        """
+        if request_id in self.requests or request_id in self.alignment_requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        expected = (self.loaded.config.num_mel_bins, 3000)
+        if tuple(features.shape) != expected:
+            raise ValueError(f"features must have shape {expected}, got {tuple(features.shape)}")
+        eot = self.loaded.tokenizer.eot
+        params.validate(eot)
+        if not params.text_tokens:
+            raise ValueError("an alignment request needs at least one text token")
+        request = AlignmentRequest(request_id, features, list(prompt), params, eot)
+        limit = self.loaded.config.max_target_positions
+        if not prompt or len(request.tokens) > limit:
+            raise ValueError(f"{len(params.text_tokens)} text tokens plus the prompt exceed the decoder's "
+                             f"{limit} positions")
+        request.window = self.windows.attach(window_key or f"request:{request_id}", retain_window)
+        self.alignment_requests[request_id] = request
+        self.scheduler.add_alignment(request)
+
+    def _abort_alignment(self, request_id: str) -> bool:
+        request = self.alignment_requests.pop(request_id, None)
+        if request is None:
+            return False
+        self.scheduler.finish_alignment(request)
+        self.windows.detach(request.window)
+        return True
+
+    def _run_alignments(self, requests: list[AlignmentRequest]) -> list[RequestOutput]:
+        """The step's alignment passes, one forward; each request finishes with its AlignmentOutput."""
+        outputs = []
+        for request, aligned in zip(requests, self.runner.align(requests)):
+            self.alignment_requests.pop(request.request_id, None)
+            self.windows.detach(request.window)
+            logprob = float(sum(math.log(max(p, 1e-45)) for p in aligned.token_probs))
+            outputs.append(RequestOutput(request.request_id, [], [], True, RequestStatus.FINISHED_STOPPED.value,
+                                         logprob, math.nan, alignment=aligned))
+        return outputs
 
     @property
     def is_stalled(self) -> bool:
-        """Requests wait but none runs: the next step does nothing until a caller releases a retained window."""
-        return bool(self.scheduler.waiting) and not self.scheduler.running
+        """Requests (or alignment passes) wait but none runs: the next step does nothing until a caller releases a
+        retained window (release_window) whose cross-attention slot they need."""
+        return bool(self.scheduler.waiting or self.scheduler.alignments) and not self.scheduler.running
 
     # --- the step ---------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -215,6 +254,9 @@ class LLMEngine:
             group = [seq for seq in group if seq.request.request_id in self.requests]
             if group:
                 outputs += self._run_group_contained(group)
+        align = [request for request in plan.align if request.request_id in self.alignment_requests]
+        if align:
+            outputs += self._run_alignments_contained(align)
         return outputs
 
     # --- fault containment --------------------------------------------------------------------------
@@ -232,11 +274,29 @@ class LLMEngine:
             logger.warning("encoder batch of %d windows failed (%s); retrying one by one", len(requests), exc)
             return [out for request in requests for out in self._encode_contained([request])]
 
-    def _fail_window(self, request: Request, exc: Exception) -> list[RequestOutput]:
-        """The window's encoder pass failed: fail every request that decodes it (its slot holds no valid K/V)."""
+    def _fail_window(self, request: Request | AlignmentRequest, exc: Exception) -> list[RequestOutput]:
+        """The window's encoder pass failed: fail every request that reads it (its slot holds no valid K/V)."""
         window = request.window
         victims = [r for r in self.requests.values() if r.window is window]
-        return [self._fail(victim, exc) for victim in victims]
+        aligners = [r for r in self.alignment_requests.values() if r.window is window]
+        return [self._fail(victim, exc) for victim in victims] + [self._fail_alignment(r, exc) for r in aligners]
+
+    def _run_alignments_contained(self, requests: list[AlignmentRequest]) -> list[RequestOutput]:
+        try:
+            return self._run_alignments(requests)
+        except Exception as exc:
+            if len(requests) == 1:
+                return [self._fail_alignment(requests[0], exc)]
+            logger.warning("alignment batch of %d windows failed (%s); retrying one by one", len(requests), exc)
+            return [out for request in requests for out in self._run_alignments_contained([request])]
+
+    def _fail_alignment(self, request: AlignmentRequest, exc: BaseException | str) -> RequestOutput:
+        reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        logger.error("alignment %s failed inside the engine: %s", request.request_id, reason)
+        self._abort_alignment(request.request_id)
+        self.failed_requests += 1
+        return RequestOutput(request.request_id, [], [], True, RequestStatus.FINISHED_ERROR.value, 0.0, math.nan,
+                             error=reason)
 
     def _run_group_contained(self, seqs: list[Sequence]) -> list[RequestOutput]:
         computed = [seq.num_computed for seq in seqs]
@@ -374,4 +434,5 @@ class LLMEngine:
             num_free_cross_slots=slots.num_free,
             steps=self.steps,
             failed_requests=self.failed_requests,
+            alignment_passes=counters.alignment_passes,
         )

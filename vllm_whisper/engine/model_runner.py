@@ -1,6 +1,7 @@
 """Runs the model for a scheduled step: batched encoder for new windows (cross K/V projected once, straight
-into their slots), then the decoder over the paged cache for the prefill and decode groups. One-token decode
-groups replay a captured CUDA graph when the engine captured them (engine/cuda_graphs.py)."""
+into their slots), then the decoder over the paged cache for the prefill and decode groups, then the step's
+alignment passes over their windows' slots. One-token decode groups replay a captured CUDA graph when the engine
+captured them (engine/cuda_graphs.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from vllm_whisper import _custom_ops as ops
 from vllm_whisper.attention.kv_cache_layout import KVCacheTensors
 from vllm_whisper.attention.metadata import PagedAttentionMetadata
 from vllm_whisper.attention.selector import AttentionBackend, get_attention_backend
+from vllm_whisper.engine.alignment import AlignmentOutput, AlignmentRequest
+from vllm_whisper.engine.alignment_pass import AlignmentRow, alignment_heads, run_alignment_pass
 from vllm_whisper.engine.request import Request, Sequence
-from vllm_whisper.model_executor.whisper import WhisperModel
+from vllm_whisper.model_executor.whisper import CrossKV, WhisperModel
 
 if TYPE_CHECKING:  # imported lazily: the graph module pulls in the Triton kernels
     from vllm_whisper.engine.cuda_graphs import DecodeGraphs
@@ -28,6 +31,7 @@ class RunnerCounters:
     decoder_tokens: int = 0  # decoder positions computed (prefill and decode)
     graph_steps: int = 0  # decode groups that ran through a captured graph (or its eager stand-in)
     eager_steps: int = 0  # groups that ran eagerly (prefill, no graphs, or larger than every bucket)
+    alignment_passes: int = 0  # windows aligned (word timestamps); one step's passes share one forward
 
 
 @dataclass
@@ -47,7 +51,7 @@ class ModelRunner:
         self.counters = RunnerCounters()
 
     @torch.inference_mode()
-    def encode(self, requests: list[Request]) -> None:
+    def encode(self, requests: list[Request | AlignmentRequest]) -> None:
         """Encode the windows of newly admitted requests and write their cross K/V into their slots."""
         features = torch.stack([r.features for r in requests]).to(self.model.device)
         encoder_out = self.model.encode(features, attention=self.backend.encoder)
@@ -57,6 +61,17 @@ class ModelRunner:
             ops.reshape_and_cache_cross(k, v, self.cache.cross_k[layer], self.cache.cross_v[layer], slots)
         self.counters.encoder_runs += len(requests)
         self.counters.cross_kv_projections += len(requests)
+
+    def slot_cross_kv(self, slot: int) -> CrossKV:
+        """Per layer, views (1, heads, 1500, head_dim) of the cross K/V one slot holds."""
+        return [(k[slot:slot + 1], v[slot:slot + 1]) for k, v in zip(self.cache.cross_k, self.cache.cross_v)]
+
+    def align(self, requests: list[AlignmentRequest]) -> list[AlignmentOutput]:
+        """One alignment forward for the step's alignment requests, each reading its window's slot."""
+        rows = [AlignmentRow(self.slot_cross_kv(r.cross_slot), r.prompt, r.params) for r in requests]
+        outputs = run_alignment_pass(self.model, alignment_heads(self.model.config), requests[0].eot, rows)
+        self.counters.alignment_passes += len(requests)
+        return outputs
 
     @torch.inference_mode()
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:

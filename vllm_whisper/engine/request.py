@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from vllm_whisper.engine.alignment import AlignmentOutput
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.engine.windows import WindowState
 
@@ -101,6 +102,7 @@ class RequestOutput:
     sum_logprob: float
     no_speech_prob: float
     error: str | None = None  # set (with finish_reason "error") when the engine failed this request
+    alignment: AlignmentOutput | None = None  # set for an alignment request (which samples no tokens)
 
     @property
     def avg_logprob(self) -> float:

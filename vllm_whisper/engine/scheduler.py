@@ -1,5 +1,6 @@
 """Which requests run this step: keep decoding the running ones, preempt by recompute when blocks run out,
-and admit waiting windows first-come-first-served while sequences, slots, blocks and budgets allow.
+and admit waiting windows first-come-first-served while sequences, slots, blocks and budgets allow. Alignment
+passes (word timestamps) need no blocks: the waiting ones run together, up to the batched-token budget.
 
 Beams share blocks after a fork; before a sequence writes into a shared, partly filled block it gets its own
 copy (copy-on-write), which the runner performs at the start of the step.
@@ -11,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from vllm_whisper.config import EngineConfig
+from vllm_whisper.engine.alignment import AlignmentRequest
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool
 from vllm_whisper.engine.request import Request, RequestStatus, Sequence
 
@@ -21,15 +23,17 @@ def blocks_for(num_tokens: int, block_size: int) -> int:
 
 @dataclass
 class SchedulerOutput:
-    encode: list[Request] = field(default_factory=list)  # new windows: run the encoder, fill their slots
+    # new windows: run the encoder, fill their slots
+    encode: list[Request | AlignmentRequest] = field(default_factory=list)
     prefill: list[Sequence] = field(default_factory=list)  # feed the whole uncached context
     decode: list[Sequence] = field(default_factory=list)  # feed one token
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # (source, destination) copy-on-write
     preempted: list[Request] = field(default_factory=list)
+    align: list[AlignmentRequest] = field(default_factory=list)  # alignment passes, run after the decoder groups
 
     @property
     def is_empty(self) -> bool:
-        return not (self.prefill or self.decode)
+        return not (self.prefill or self.decode or self.align)
 
 
 class Scheduler:
@@ -40,6 +44,7 @@ class Scheduler:
         self.slots = slots
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.alignments: deque[AlignmentRequest] = deque()
         self.num_preemptions = 0
 
     @property
@@ -48,6 +53,9 @@ class Scheduler:
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
+
+    def add_alignment(self, request: AlignmentRequest) -> None:
+        self.alignments.append(request)
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -97,7 +105,31 @@ class Scheduler:
             running_seqs += request.num_seqs_reserved
             self.running.append(request)
             out.prefill += request.seqs
+        self._schedule_alignments(out)
         return out
+
+    def _schedule_alignments(self, out: SchedulerOutput) -> None:
+        """Admit waiting alignment passes in arrival order while their tokens fit the batched-token budget (at
+        least one). One whose window has no slot yet is encoded in this step, as for a decode, or waits for a
+        slot without holding up the others (they take no blocks)."""
+        tokens = 0
+        for request in list(self.alignments):
+            if out.align and tokens + len(request.tokens) > self.config.max_num_batched_tokens:
+                break
+            new_window = request.window.slot is None
+            if new_window and (self.slots.num_free == 0 or len(out.encode) >= self.encoder_windows_per_step):
+                continue
+            self.alignments.remove(request)
+            if new_window:
+                request.window.slot = self.slots.allocate()
+                out.encode.append(request)
+            tokens += len(request.tokens)
+            out.align.append(request)
+
+    def finish_alignment(self, request: AlignmentRequest) -> None:
+        """Drop an alignment pass that has not run yet (aborted); the engine detaches its window."""
+        if request in self.alignments:
+            self.alignments.remove(request)
 
     def _blocks_to_grow(self, seq: Sequence) -> int:
         """Blocks the sequence must take to write its next token: a new block, or a private copy of a shared one."""

@@ -25,6 +25,7 @@ class ServerMetrics:
     requests_in_progress: Gauge
     audio_seconds: Counter
     generation_tokens: Counter
+    alignment_passes: Counter
     finished: Counter
     time_to_first_token: Histogram
     e2e_latency: Histogram
@@ -49,6 +50,8 @@ class ServerMetrics:
             audio_seconds=Counter("vllm_whisper:audio_seconds_processed", "Seconds of audio transcribed.",
                                   labels, registry=registry),
             generation_tokens=Counter("vllm:generation_tokens", "Tokens decoded.", labels, registry=registry),
+            alignment_passes=Counter("vllm_whisper:alignment_passes", "Windows aligned for word timestamps.",
+                                     labels, registry=registry),
             finished=Counter("vllm:request_success", "Requests answered, by outcome.",
                              labels + ["finished_reason"], registry=registry),
             time_to_first_token=Histogram("vllm:time_to_first_token_seconds",
@@ -61,6 +64,7 @@ class ServerMetrics:
                                        buckets=RTF_BUCKETS, registry=registry),
         )
         metrics.model_name = model_name
+        metrics.alignment_passes_seen = 0
         return metrics
 
     def update_engine(self, stats: EngineStats) -> None:
@@ -69,6 +73,9 @@ class ServerMetrics:
         self.waiting.labels(name).set(stats.num_waiting)
         self.kv_usage.labels(name).set(stats.kv_usage)
         self.cross_usage.labels(name).set(stats.cross_slot_usage)
+        # The engine counts; the exported counter follows it by the increase since the last scrape.
+        self.alignment_passes.labels(name).inc(max(0, stats.alignment_passes - self.alignment_passes_seen))
+        self.alignment_passes_seen = max(self.alignment_passes_seen, stats.alignment_passes)
 
     def observe_request(self, audio_seconds: float, tokens: int, ttft: float | None, latency: float,
                         reason: str) -> None:

@@ -10,9 +10,31 @@ import numpy as np
 
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.transcribe.driver import FileDriver
 from vllm_whisper.transcribe.result import TranscriptionResult
 from vllm_whisper.transcribe.file_plan import FileTranscription
-from vllm_whisper.transcribe.sequential import JobResult, WindowJob
+from vllm_whisper.transcribe.sequential import WindowJob
+
+
+class _EngineJobs:
+    """Jobs straight onto the synchronous engine: a request each, outputs collected by the step loop."""
+
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+
+    def submit(self, job: WindowJob) -> None:
+        if job.alignment is not None:
+            self.engine.add_alignment_request(job.job_id, job.features, job.prompt, job.alignment,
+                                              window_key=job.window_key, retain_window=True)
+        else:
+            self.engine.add_request(job.job_id, job.features, job.prompt, job.params, job.audio_seconds,
+                                    window_key=job.window_key, retain_window=True)
+
+    def release_window(self, window_key: str) -> None:
+        self.engine.release_window(window_key)
+
+    def abort(self, job_id: str) -> None:
+        self.engine.abort_request(job_id)
 
 
 def transcribe_batch(engine: LLMEngine, audios: Sequence[np.ndarray],
@@ -23,22 +45,10 @@ def transcribe_batch(engine: LLMEngine, audios: Sequence[np.ndarray],
         raise ValueError("give one TranscriptionParams, or one per audio input")
     files = [FileTranscription(engine.loaded, audio, p, f"file{i}")
              for i, (audio, p) in enumerate(zip(audios, params_list))]
-    in_flight: dict[str, tuple[FileTranscription, WindowJob]] = {}
-
-    def submit(file: FileTranscription) -> list[WindowJob]:
-        jobs = file.next_jobs()
-        for job in jobs:
-            # Retain the window so a follow-up job on it (transcription after language detection, a fallback
-            # retry) skips the encoder.
-            engine.add_request(job.job_id, job.features, job.prompt, job.params, job.audio_seconds,
-                               window_key=job.window_key, retain_window=True)
-            in_flight[job.job_id] = (file, job)
-        return jobs
-
-    for file in files:
-        submit(file)
+    driver = FileDriver(files, _EngineJobs(engine))
     try:
-        while in_flight:
+        driver.start()
+        while driver.in_flight:
             outputs = engine.step()
             if not outputs and engine.is_stalled:
                 raise RuntimeError("the engine cannot admit any waiting window: every cross-attention slot is held")
@@ -47,15 +57,7 @@ def transcribe_batch(engine: LLMEngine, audios: Sequence[np.ndarray],
                     continue
                 if out.error is not None:
                     raise RuntimeError(f"the engine failed window {out.request_id}: {out.error}")
-                file, job = in_flight.pop(out.request_id)
-                result = JobResult(out.tokens, out.sum_logprob, out.no_speech_prob, job.params.temperature,
-                                   engine.window_cross_kv(job.window_key))  # retained until released below
-                file.on_result(job, result)
-                next_keys = {j.window_key for j in submit(file)}
-                if job.window_key not in next_keys:
-                    engine.release_window(job.window_key)
+                driver.complete(out.request_id, out)
     finally:
-        for request_id, (_, job) in list(in_flight.items()):
-            engine.abort_request(request_id)
-            engine.release_window(job.window_key)
+        driver.abort_all()
     return [f.result() for f in files]

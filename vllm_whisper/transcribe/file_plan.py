@@ -12,7 +12,7 @@ the whole file is transcribed in one language.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -71,8 +71,9 @@ class FileTranscription:
         """Pieces that may issue a job now (the others wait for the first piece's language)."""
         return self.pieces if self.language_known() else self.pieces[:1]
 
-    def next_jobs(self) -> list[WindowJob]:
-        jobs = [piece.machine.next_job() for piece in self.ready_pieces()]
+    def next_jobs(self, busy: Sequence[Piece] = ()) -> list[WindowJob]:
+        """The next job of every ready piece but the busy ones (whose results are still being recorded)."""
+        jobs = [piece.machine.next_job() for piece in self.ready_pieces() if all(piece is not b for b in busy)]
         return [job for job in jobs if job is not None]
 
     def piece_of(self, job: WindowJob) -> Piece:

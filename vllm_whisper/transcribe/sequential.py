@@ -9,7 +9,9 @@ same window, so the encoder output is reused), conditioning on previous text, an
 windows judged silent.
 Features are computed once per file (audio padded with 30 s of silence, as the reference does) and sliced per
 window, so a file's first window equals the single-window features exactly. Language detection is a one-token
-job on the first window, whose encoder output the transcription job then reuses.
+job on the first window, whose encoder output the transcription job then reuses. With word timestamps, a
+window's segments wait for an alignment job on the same window (the engine reads the alignment heads'
+cross-attention from its slot) before the seek moves on.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import torch
 
 from vllm_whisper.audio.decode import SAMPLE_RATE
 from vllm_whisper.audio.features import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
+from vllm_whisper.engine.alignment import AlignmentOutput, AlignmentParams
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.model_executor.loader import LoadedModel
-from vllm_whisper.model_executor.whisper import CrossKV
 from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.sampling.rules import LogitsRules
-from vllm_whisper.transcribe.alignment import add_word_timestamps
+from vllm_whisper.transcribe.alignment import apply_word_timings, tokens_per_segment, word_timings
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult, compression_ratio
 from vllm_whisper.transcribe.segments import split_window
 
@@ -40,10 +42,11 @@ class WindowJob:
     window_key: str  # jobs of the same window share one encoder run
     features: torch.Tensor  # (n_mels, 3000)
     prompt: list[int]
-    params: SamplingParams
-    kind: str  # "language" or "transcribe"
+    params: SamplingParams  # an "align" job carries its window's transcription params (not sampled)
+    kind: str  # "language", "transcribe" or "align"
     audio_seconds: float
     forced_prefix: list[int] = field(default_factory=list)  # prompt tokens that belong to the transcript
+    alignment: AlignmentParams | None = None  # an "align" job's text to time (its prompt has no timestamps)
 
 
 @dataclass
@@ -52,7 +55,7 @@ class JobResult:
     sum_logprob: float
     no_speech_prob: float
     temperature: float = 0.0
-    cross_kv: CrossKV | None = None  # the window's cross K/V as the decoder saw it: word alignment reuses it
+    alignment: AlignmentOutput | None = None  # an "align" job's output
 
     @property
     def avg_logprob(self) -> float:
@@ -84,6 +87,17 @@ def language_rules(loaded: LoadedModel) -> LogitsRules:
                        suppress_blank=False)
 
 
+@dataclass
+class _UnalignedWindow:
+    """A decoded window whose segments wait for their word timings (the alignment job in flight)."""
+
+    job: WindowJob  # the transcription job that decoded it
+    result: JobResult
+    segments: list[Segment]
+    tokens: list[list[int]]  # each segment's text tokens
+    consumed: int  # frames to advance without word timestamps
+
+
 class LongFormTranscription:
     """The seek loop of one audio file."""
 
@@ -105,6 +119,8 @@ class LongFormTranscription:
         self.fallbacks = 0
         self._jobs_issued = 0
         self._in_flight: WindowJob | None = None
+        self._unaligned: _UnalignedWindow | None = None
+        self._alignments_issued = 0  # own count: alignment jobs leave the sampling seeds as they were
         self._temperature_index = 0  # position in params.temperature for the current window
         self._all_tokens: list[int] = tok.encode(" " + params.initial_prompt.strip()) if params.initial_prompt else []
         self._prompt_reset_since = 0
@@ -120,6 +136,9 @@ class LongFormTranscription:
         """The next window decode, or None when the file is finished (or a job is already out)."""
         if self._in_flight is not None:
             return None
+        if self._unaligned is not None:
+            self._in_flight = self._alignment_job(self._unaligned)
+            return self._in_flight
         while self.seek < self.content_frames and self._window_is_silent():
             self.seek += min(N_FRAMES, self.content_frames - self.seek)
             self.skipped_windows += 1
@@ -156,6 +175,10 @@ class LongFormTranscription:
             raise RuntimeError(f"unexpected result for job {job.job_id}")
         self._in_flight = None
         tok = self.loaded.tokenizer
+        if job.kind == "align":
+            unaligned, self._unaligned = self._unaligned, None
+            self._commit(unaligned.segments, unaligned.result, self._apply_words(unaligned, result.alignment))
+            return
         if job.kind == "language":
             self.language = tok.id_to_language[result.tokens[0]]
             self.language_probability = math.exp(result.sum_logprob)
@@ -181,7 +204,15 @@ class LongFormTranscription:
         spans, consumed = split_window(result.tokens, tok, self.seek, window_frames)
         segments = self._make_segments(spans, result, window_ratio)
         if self.params.word_timestamps and segments:
-            consumed = self._align_words(job, segments, window_frames, result, consumed)
+            unaligned = _UnalignedWindow(job, result, segments, tokens_per_segment(segments, tok.eot), consumed)
+            if any(unaligned.tokens):
+                self._unaligned = unaligned  # the next job times its words
+                return
+            consumed = self._apply_words(unaligned, None)
+        self._commit(segments, result, consumed)
+
+    def _commit(self, segments: list[Segment], result: JobResult, consumed: int) -> None:
+        """Keep a finished window's segments as context and move the seek past it."""
         for segment in segments:
             self.segments.append(segment)
             self._all_tokens += segment.tokens
@@ -189,22 +220,31 @@ class LongFormTranscription:
             self._prompt_reset_since = len(self._all_tokens)
         self.seek += consumed
 
-    def _align_words(self, job: WindowJob, segments: list[Segment], window_frames: int, result: JobResult,
-                     consumed: int) -> int:
-        """Time every word of the window (alignment heads + DTW over the window's cross K/V, re-encoded from its
-        features only when the decoder did not hand it over) and, as the reference does, start the next window at
-        the last word's end unless the window ended on a lone timestamp."""
-        self._last_speech_timestamp = add_word_timestamps(
-            self.loaded, segments, job.features, self.language, self.params, window_frames,
-            self._last_speech_timestamp, encoder_output=result.cross_kv)
-        tokens = result.tokens
+    def _alignment_job(self, unaligned: _UnalignedWindow) -> WindowJob:
+        """The alignment pass over the window just decoded: its text after a timestamp-free prompt."""
+        job = unaligned.job
+        window_frames = min(N_FRAMES, self.content_frames - self.seek)
+        prompt = self.loaded.tokenizer.sot_sequence(self.language, self.params.task, timestamps=False)
+        text = tuple(t for tokens in unaligned.tokens for t in tokens)
+        self._alignments_issued += 1
+        return WindowJob(f"{self.name}:align{self._alignments_issued}", job.window_key, job.features, prompt,
+                         job.params, "align", job.audio_seconds, alignment=AlignmentParams(text, window_frames))
+
+    def _apply_words(self, unaligned: _UnalignedWindow, aligned: AlignmentOutput | None) -> int:
+        """Time every word of the window from its alignment output and, as the reference does, start the next
+        window at the last word's end unless the window ended on a lone timestamp; returns the frames to advance."""
         tok = self.loaded.tokenizer
+        text = [t for tokens in unaligned.tokens for t in tokens]
+        timings = word_timings(tok, text, aligned, self.language) if aligned is not None else []
+        self._last_speech_timestamp = apply_word_timings(unaligned.segments, unaligned.tokens, timings, self.params,
+                                                         self._last_speech_timestamp)
+        tokens = unaligned.result.tokens
         single_timestamp_ending = len(tokens) >= 2 and not tok.is_timestamp(tokens[-2]) and tok.is_timestamp(tokens[-1])
-        ends = [w.end for s in segments for w in s.words or []]
+        ends = [w.end for s in unaligned.segments for w in s.words or []]
         window_start = self.seek / 100
         if not single_timestamp_ending and ends and ends[-1] > window_start:
             return max(1, round(ends[-1] * 100) - self.seek)
-        return consumed
+        return unaligned.consumed
 
     def preview_segments(self, partial_tokens: list[int]) -> list[Segment]:
         """Segments already closed by a timestamp pair in the partial output of the window in flight: what

@@ -2,9 +2,10 @@
 the moment its closing timestamp is decoded, then the final result.
 
 Each piece of the file (FileTranscription: the whole file, its VAD speech, or parallel chunks) keeps its
-sequential seek loop; each window is one engine request, so many streams share engine steps. Deltas and early segments are provisional only in one case: when a window's output
-fails the fallback checks and is decoded again hotter, what was already sent for it stays sent (the final
-event carries the authoritative result).
+sequential seek loop; each window job is one engine request (driven by transcribe/driver.py, as the offline
+batch is), so many streams share engine steps. Deltas and early segments are provisional only in one case:
+when a window's output fails the fallback checks and is decoded again hotter, what was already sent for it
+stays sent (the final event carries the authoritative result).
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from __future__ import annotations
 import asyncio
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncIterator, Union
+from typing import AsyncIterator, Awaitable, Callable, Union
 
 import numpy as np
 
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
+from vllm_whisper.engine.request import RequestOutput
 from vllm_whisper.model_executor.loader import LoadedModel
 from vllm_whisper.params import TranscriptionParams
+from vllm_whisper.transcribe.driver import FileDriver
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult
 from vllm_whisper.transcribe.file_plan import FileTranscription, Piece
-from vllm_whisper.transcribe.sequential import JobResult
+from vllm_whisper.transcribe.sequential import WindowJob
 
 
 @dataclass
@@ -68,33 +71,68 @@ class _WindowText:
 _PIECE_END = object()
 
 
+class _TaskJobs:
+    """Jobs onto the async engine: each runs as a task that consumes its request's outputs (run_job)."""
+
+    def __init__(self, engine: AsyncLLMEngine, run_job: Callable[[WindowJob], Awaitable[None]]):
+        self.engine = engine
+        self.run_job = run_job
+        self.tasks: set[asyncio.Task] = set()
+
+    def submit(self, job: WindowJob) -> None:
+        task = asyncio.create_task(self.run_job(job))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def outputs(self, job: WindowJob) -> AsyncIterator[RequestOutput]:
+        """The job's engine request, its window retained."""
+        if job.alignment is not None:
+            return self.engine.align(job.job_id, job.features, job.prompt, job.alignment,
+                                     window_key=job.window_key, retain_window=True)
+        return self.engine.generate(job.job_id, job.features, job.prompt, job.params, job.audio_seconds,
+                                    window_key=job.window_key, retain_window=True)
+
+    def release_window(self, window_key: str) -> None:
+        self.engine.release_window(window_key)
+
+    def abort(self, job_id: str) -> None:
+        self.engine.abort(job_id)
+
+    def cancel_all(self) -> list[asyncio.Task]:
+        """Cancel every job's task (each closes its request's outputs, which aborts it); returns them to await."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        return tasks
+
+
 async def stream_transcription(engine: AsyncLLMEngine, audio: np.ndarray, params: TranscriptionParams,
                                request_id: str) -> AsyncIterator[TranscriptionEvent]:
     """Events for one file, in time order; closing the iterator early aborts the windows in flight and frees
     their cache. Pieces of a parallel-chunked file decode concurrently; a later piece's events wait (buffered)
     until the earlier pieces have been sent."""
-    file = await asyncio.to_thread(FileTranscription, engine.engine.loaded, audio, params, request_id)
-    queues: list[asyncio.Queue] = [asyncio.Queue() for _ in file.pieces]
-    language_ready = asyncio.Event()
-    if file.language_known():
-        language_ready.set()
-    tokens = [0] * len(file.pieces)
+    file = await asyncio.to_thread(FileTranscription, engine.loaded, audio, params, request_id)
+    pieces = [_PieceEvents(file, piece) for piece in file.pieces]
+    by_machine = {id(p.piece.machine): p for p in pieces}
 
-    async def run(index: int) -> None:
+    async def run_job(job: WindowJob) -> None:
+        events = by_machine[id(file.piece_of(job).machine)]
         try:
-            if index > 0:
-                await language_ready.wait()
-            tokens[index] = await _run_piece(engine, file, file.pieces[index], queues[index].put_nowait,
-                                             language_ready)
-            queues[index].put_nowait(_PIECE_END)
+            await events.run_job(job, jobs.outputs(job), driver)
+            for piece_events in pieces:
+                piece_events.end_if_done(driver)
         except Exception as exc:  # surfaces in the consumer, in order
-            queues[index].put_nowait(exc)
+            events.queue.put_nowait(exc)
 
-    tasks = [asyncio.create_task(run(i)) for i in range(len(file.pieces))]
+    jobs = _TaskJobs(engine, run_job)
+    driver = FileDriver([file], jobs)
     at_start = True
     try:
-        for piece, queue in zip(file.pieces, queues):
-            while (item := await queue.get()) is not _PIECE_END:
+        driver.start()
+        for piece_events in pieces:
+            piece_events.end_if_done(driver)
+        for piece_events in pieces:
+            while (item := await piece_events.queue.get()) is not _PIECE_END:
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, TextDelta):
@@ -103,56 +141,54 @@ async def stream_transcription(engine: AsyncLLMEngine, audio: np.ndarray, params
                         at_start = False
                         yield TextDelta(text)
                 else:
-                    yield SegmentClosed(file.map_segment(piece, item.segment, file.next_segment_id()))
+                    yield SegmentClosed(file.map_segment(piece_events.piece, item.segment, file.next_segment_id()))
     finally:
-        for task in tasks:
-            task.cancel()
+        # Nothing awaits before the aborts and releases are sent: a cancelled caller may not get to resume.
+        tasks = jobs.cancel_all()
+        driver.abort_all()
         await asyncio.gather(*tasks, return_exceptions=True)
-    yield TranscriptionFinished(file.result(), sum(tokens))
+    yield TranscriptionFinished(file.result(), sum(p.tokens for p in pieces))
 
 
-async def _run_piece(engine: AsyncLLMEngine, file: FileTranscription, piece: Piece, emit,
-                     language_ready: asyncio.Event) -> int:
-    """Drive one piece's seek loop on the engine, emitting deltas and piece-local segments; returns the
-    number of tokens decoded."""
-    machine = piece.machine
-    tokens_generated = 0
-    sent_segments = 0
-    job = machine.next_job()
-    held_window: str | None = None  # retained by this piece; released on every way out
-    try:
-        while job is not None:
-            text = _WindowText(machine.loaded)
-            final = None
-            held_window = job.window_key
-            outputs = engine.generate(job.job_id, job.features, job.prompt, job.params, job.audio_seconds,
-                                      window_key=job.window_key, retain_window=True)
-            async with aclosing(outputs):  # closing it at once aborts the request if we are cancelled mid-window
-                async for out in outputs:
-                    final = out
-                    if job.kind != "transcribe" or not out.new_tokens:
-                        continue
-                    delta = text.delta(out.tokens)
-                    if delta:
-                        emit(TextDelta(delta))
-                    for segment in machine.preview_segments(out.tokens)[sent_segments - len(machine.segments):]:
-                        sent_segments += 1
-                        emit(SegmentClosed(segment))
-            tokens_generated += len(final.tokens)
-            result = JobResult(final.tokens, final.sum_logprob, final.no_speech_prob, job.params.temperature,
-                               engine.engine.window_cross_kv(job.window_key))  # held: the slot stays put
-            await asyncio.to_thread(file.on_result, job, result)  # word alignment may run here
-            if file.language_known():
-                language_ready.set()
-            next_job = machine.next_job()
-            if next_job is None or next_job.window_key != job.window_key:
-                engine.release_window(job.window_key)
-                held_window = None
-            job = next_job
-            for segment in machine.segments[sent_segments:]:
-                sent_segments += 1
-                emit(SegmentClosed(segment))
-    finally:
-        if held_window is not None:
-            engine.release_window(held_window)
-    return tokens_generated
+class _PieceEvents:
+    """One piece's events (text deltas and piece-local segments) in a queue, ended by _PIECE_END."""
+
+    def __init__(self, file: FileTranscription, piece: Piece):
+        self.file, self.piece = file, piece
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.tokens = 0  # decoded by this piece's jobs
+        self.sent_segments = 0
+        self.ended = False
+
+    def emit(self, event: TextDelta | SegmentClosed) -> None:
+        self.queue.put_nowait(event)
+
+    def end_if_done(self, driver: FileDriver) -> None:
+        """End the queue once the piece is finished and its last result is recorded and emitted."""
+        if not self.ended and driver.is_idle(self.file, self.piece) and self.piece.machine.done:
+            self.ended = True
+            self.queue.put_nowait(_PIECE_END)
+
+    async def run_job(self, job: WindowJob, outputs: AsyncIterator[RequestOutput], driver: FileDriver) -> None:
+        """Consume one job's outputs, emitting deltas and segments closed so far, then hand the result to the
+        driver (the seek loop's CPU work, e.g. word timing, on a worker thread) and emit the window's segments."""
+        machine = self.piece.machine
+        text = _WindowText(machine.loaded)
+        final = None
+        async with aclosing(outputs):  # closing it at once aborts the request if we are cancelled mid-window
+            async for out in outputs:
+                final = out
+                if job.kind != "transcribe" or not out.new_tokens:
+                    continue
+                delta = text.delta(out.tokens)
+                if delta:
+                    self.emit(TextDelta(delta))
+                for segment in machine.preview_segments(out.tokens)[self.sent_segments - len(machine.segments):]:
+                    self.sent_segments += 1
+                    self.emit(SegmentClosed(segment))
+        self.tokens += len(final.tokens)
+        await asyncio.to_thread(driver.record, job.job_id, final)
+        driver.advance(job.job_id)
+        for segment in machine.segments[self.sent_segments:]:
+            self.sent_segments += 1
+            self.emit(SegmentClosed(segment))

@@ -59,7 +59,7 @@ class TranscriptionService:
                  metrics: ServerMetrics, drain: Drain | None = None):
         self.engine = engine
         self.drain = drain or Drain()
-        self.loaded = engine.engine.loaded
+        self.loaded = engine.loaded
         self.served_names = served_names
         self.limits = limits
         self.metrics = metrics
