@@ -38,11 +38,7 @@ ANY_LAYER = frozenset({"testing"})  # test support: may import anything
 KNOWN_UPWARD_IMPORTS: dict[tuple[str, str], str] = {}
 
 # Modules under transcribe/ that still run the model's forward themselves, each with why.
-KNOWN_FORWARD_CALLS: dict[str, str] = {
-    # Word alignment re-runs the encoder (when no cross K/V was handed over) and the decoder over the window's
-    # tokens to read the alignment heads; another change moves it into the engine. Remove this entry then.
-    "vllm_whisper.transcribe.alignment": "word-level timestamps (alignment heads + DTW)",
-}
+KNOWN_FORWARD_CALLS: dict[str, str] = {}  # none: word alignment's forced pass is an engine request
 # The model's forward passes: WhisperModel's steps, its submodules and nn.Module.forward.
 FORWARD_METHODS = frozenset({"encode", "decode", "compute_cross_kv", "compute_logits", "forward", "encoder",
                              "decoder"})
