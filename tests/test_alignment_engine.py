@@ -27,7 +27,8 @@ from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.testing.engine_runs import run_to_completion
 from vllm_whisper.testing.speech import synthesize
 from vllm_whisper.transcribe.batch import transcribe_batch
-from vllm_whisper.transcribe.sequential import build_rules, transcribe_sequential
+from vllm_whisper.decoding.reference_runner import transcribe_sequential
+from vllm_whisper.transcribe.sequential import build_rules
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vllm_whisper"
 
