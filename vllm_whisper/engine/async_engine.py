@@ -65,10 +65,12 @@ class AsyncLLMEngine:
     # --- public API -------------------------------------------------------------------------------
     def generate(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
                        audio_seconds: float = 30.0, window_key: str | None = None,
-                       retain_window: bool = False) -> AsyncIterator[RequestOutput]:
-        """Yield this request's outputs as steps produce them; the last one has finished=True."""
+                       retain_window: bool = False, priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Yield this request's outputs as steps produce them; the last one has finished=True. A lower priority
+        value is admitted first (best-effort work such as realtime partial passes uses 1)."""
         def add() -> None:
-            self.engine.add_request(request_id, features, prompt, params, audio_seconds, window_key, retain_window)
+            self.engine.add_request(request_id, features, prompt, params, audio_seconds, window_key, retain_window,
+                                    priority)
 
         return self._outputs(request_id, add)
 

@@ -136,7 +136,8 @@ class LLMEngine:
 
     # --- requests ---------------------------------------------------------------------------------
     def add_request(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
-                    audio_seconds: float = 30.0, window_key: str | None = None, retain_window: bool = False) -> None:
+                    audio_seconds: float = 30.0, window_key: str | None = None, retain_window: bool = False,
+                    priority: int = 0) -> None:
         """Queue one window for decoding; features are (n_mels, 3000) log-mel frames.
 
         Requests with the same window_key share one encoder run and cross-attention slot. With retain_window the
@@ -161,7 +162,7 @@ class LLMEngine:
             generator = torch.Generator(device=self.loaded.model.device)
             generator.manual_seed(params.seed if params.seed is not None else torch.seed())
         request = Request(request_id, features, list(prompt), params, max_tokens, audio_seconds,
-                          generator=generator)
+                          generator=generator, priority=priority)
         request.window = self.windows.attach(window_key or f"request:{request_id}", retain_window)
         self.requests[request_id] = request
         self.scheduler.add(request)

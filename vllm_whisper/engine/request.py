@@ -67,6 +67,7 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     window: WindowState | None = None  # the window (and cross-attention slot) this request decodes
     generator: torch.Generator | None = None
+    priority: int = 0  # lower is admitted first (vLLM's convention); equal priorities keep arrival order
     first_token_time: float | None = None
     seqs: list[Sequence] = field(default_factory=list)
     finished_beams: dict[tuple[int, ...], float] = field(default_factory=dict)  # ended with end-of-text

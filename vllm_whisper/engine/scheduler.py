@@ -52,7 +52,12 @@ class Scheduler:
         return sum(r.num_seqs_reserved for r in self.running)
 
     def add(self, request: Request) -> None:
-        self.waiting.append(request)
+        """Queue behind every waiting request of the same or a more urgent (lower) priority."""
+        if not self.waiting or self.waiting[-1].priority <= request.priority:
+            self.waiting.append(request)
+            return
+        index = next(i for i, waiting in enumerate(self.waiting) if waiting.priority > request.priority)
+        self.waiting.insert(index, request)
 
     def add_alignment(self, request: AlignmentRequest) -> None:
         self.alignments.append(request)
@@ -79,14 +84,19 @@ class Scheduler:
             out.decode += request.seqs
             token_budget -= len(request.seqs)
         self.running = still_running
-        # 2. Admit waiting requests in arrival order (preempted ones were put back at the front).
+        # 2. Admit waiting requests by priority, then arrival (preempted ones were put back at the front). A
+        # best-effort window (a larger priority value) is not encoded while more urgent work runs: the encoder is
+        # most of a CPU step, so it would slow every urgent request's tokens.
         running_seqs = self.num_running_seqs
+        most_urgent = min((r.priority for r in self.running), default=None)
         while self.waiting:
             request = self.waiting[0]
             if running_seqs + request.num_seqs_reserved > self.config.max_num_seqs and self.running:
                 break
             new_window = request.window.slot is None
             if new_window and (self.slots.num_free == 0 or len(out.encode) >= self.encoder_windows_per_step):
+                break
+            if new_window and most_urgent is not None and request.priority > most_urgent:
                 break
             needed = sum(blocks_for(seq.num_tokens, self.config.block_size) for seq in request.seqs)
             new_tokens = sum(seq.num_tokens for seq in request.seqs)
@@ -104,6 +114,7 @@ class Scheduler:
             token_budget -= new_tokens
             running_seqs += request.num_seqs_reserved
             self.running.append(request)
+            most_urgent = request.priority if most_urgent is None else min(most_urgent, request.priority)
             out.prefill += request.seqs
         self._schedule_alignments(out)
         return out

@@ -74,9 +74,10 @@ _PIECE_END = object()
 class _TaskJobs:
     """Jobs onto the async engine: each runs as a task that consumes its request's outputs (run_job)."""
 
-    def __init__(self, engine: AsyncLLMEngine, run_job: Callable[[WindowJob], Awaitable[None]]):
+    def __init__(self, engine: AsyncLLMEngine, run_job: Callable[[WindowJob], Awaitable[None]], priority: int):
         self.engine = engine
         self.run_job = run_job
+        self.priority = priority
         self.tasks: set[asyncio.Task] = set()
 
     def submit(self, job: WindowJob) -> None:
@@ -90,7 +91,7 @@ class _TaskJobs:
             return self.engine.align(job.job_id, job.features, job.prompt, job.alignment,
                                      window_key=job.window_key, retain_window=True)
         return self.engine.generate(job.job_id, job.features, job.prompt, job.params, job.audio_seconds,
-                                    window_key=job.window_key, retain_window=True)
+                                    window_key=job.window_key, retain_window=True, priority=self.priority)
 
     def release_window(self, window_key: str) -> None:
         self.engine.release_window(window_key)
@@ -107,10 +108,11 @@ class _TaskJobs:
 
 
 async def stream_transcription(engine: AsyncLLMEngine, audio: np.ndarray, params: TranscriptionParams,
-                               request_id: str) -> AsyncIterator[TranscriptionEvent]:
+                               request_id: str, priority: int = 0) -> AsyncIterator[TranscriptionEvent]:
     """Events for one file, in time order; closing the iterator early aborts the windows in flight and frees
     their cache. Pieces of a parallel-chunked file decode concurrently; a later piece's events wait (buffered)
-    until the earlier pieces have been sent."""
+    until the earlier pieces have been sent. `priority` orders the file's windows in the engine's queue (lower
+    first; best-effort work such as realtime partial passes uses 1)."""
     file = await asyncio.to_thread(FileTranscription, engine.loaded, audio, params, request_id)
     pieces = [_PieceEvents(file, piece) for piece in file.pieces]
     by_machine = {id(p.piece.machine): p for p in pieces}
@@ -124,7 +126,7 @@ async def stream_transcription(engine: AsyncLLMEngine, audio: np.ndarray, params
         except Exception as exc:  # surfaces in the consumer, in order
             events.queue.put_nowait(exc)
 
-    jobs = _TaskJobs(engine, run_job)
+    jobs = _TaskJobs(engine, run_job, priority)
     driver = FileDriver([file], jobs)
     at_start = True
     try:

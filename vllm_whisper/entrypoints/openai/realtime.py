@@ -34,6 +34,7 @@ MAX_TURN_S = 29.0  # a longer turn is committed by the server (Whisper hears 30 
 IDLE_KEEP_S = 2.0  # audio kept while no one speaks (enough for the prefix padding)
 DEFAULT_RATE = 24000  # OpenAI's pcm16 is 24 kHz mono
 MAX_PENDING_FINALS = 4  # committed turns of one session decoding at once before its commits wait
+PARTIAL_PASS_PRIORITY = 1  # engine priority of partial passes: after every request of priority 0
 
 
 # What parsing a client's event can raise besides our own errors: wrong types (a string rate, a list where an object
@@ -377,7 +378,11 @@ class RealtimeSession:
             initial_prompt=self.config.prompt, condition_on_previous_text=False, prefix=prefix or None,
             temperature=fallback_temperatures(0.0) if final else (0.0,),
             max_new_tokens=self.engine.engine.config.default_max_new_tokens)
-        async for event in stream_transcription(self.engine, audio, params, f"rt-{self.session_id}-{tag}"):
+        # Partial passes are best effort: they queue behind uploads and committed turns (priority 1), so many live
+        # sessions cannot starve the server's other work; a turn's final pass has normal priority.
+        priority = 0 if final else PARTIAL_PASS_PRIORITY
+        request_id = f"rt-{self.session_id}-{tag}"
+        async for event in stream_transcription(self.engine, audio, params, request_id, priority):
             if isinstance(event, TranscriptionFinished):
                 return event.result.text
         return ""
