@@ -17,6 +17,7 @@ from typing import AsyncIterator, Callable
 
 from torch import Tensor
 
+from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.alignment import AlignmentParams
 from vllm_whisper.engine.llm_engine import EngineStats, LLMEngine
 from vllm_whisper.engine.request import RequestOutput
@@ -134,6 +135,11 @@ class AsyncLLMEngine:
     @property
     def tokenizer(self) -> WhisperTokenizer:
         return self.engine.loaded.tokenizer
+
+    @property
+    def config(self) -> EngineConfig:
+        """The engine's configuration (max_model_len, token budgets); read-only for callers."""
+        return self.engine.config
 
     @property
     def stats(self) -> EngineStats:

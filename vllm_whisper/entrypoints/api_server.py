@@ -255,7 +255,7 @@ async def _refuse_websocket(websocket: WebSocket, state: ServerState) -> None:
 
 def _model_card(state: ServerState, name: str) -> dict:
     return {"id": name, "object": "model", "created": state.created, "owned_by": "vllm-whisper",
-            "root": state.loaded.name, "max_model_len": state.engine.engine.config.max_model_len,
+            "root": state.loaded.name, "max_model_len": state.engine.config.max_model_len,
             "languages": sorted(state.loaded.tokenizer.supported_languages)}
 
 

@@ -377,7 +377,7 @@ class RealtimeSession:
             language=self.config.language if self.multilingual else "en", timestamps=False,
             initial_prompt=self.config.prompt, condition_on_previous_text=False, prefix=prefix or None,
             temperature=fallback_temperatures(0.0) if final else (0.0,),
-            max_new_tokens=self.engine.engine.config.default_max_new_tokens)
+            max_new_tokens=self.engine.config.default_max_new_tokens)
         # Partial passes are best effort: they queue behind uploads and committed turns (priority 1), so many live
         # sessions cannot starve the server's other work; a turn's final pass has normal priority.
         priority = 0 if final else PARTIAL_PASS_PRIORITY
