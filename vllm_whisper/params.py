@@ -44,7 +44,8 @@ class TranscriptionParams:
     initial_prompt: text that conditions the first window (spellings, names, style).
     prefix: text the first window's transcript is forced to start with (the decoder continues after it); live
         transcription passes the words already sent, so later passes only extend them. Needs timestamps=False.
-    seed: makes temperature sampling reproducible.
+    seed: the base of the sampling seeds (each window's fallback sampling draws from its own generator); the default
+        None uses a fixed base, so the same input gives the same text on every run, alone or in any batch.
     beam_size: 1 decodes greedily; more runs beam search with that many beams (openai-whisper's CLI uses 5).
     patience: beam search ends once round(beam_size * patience) hypotheses have finished.
     length_penalty: None ranks hypotheses by log-probability / length; alpha in [0, 1] uses ((5 + L) / 6) ** alpha.

@@ -34,6 +34,8 @@ from vllm_whisper.transcribe.result import Segment, TranscriptionResult, compres
 from vllm_whisper.transcribe.segments import split_window
 
 
+DEFAULT_SAMPLING_SEED = 0  # temperature sampling is reproducible unless the request brings its own seed
+
 @dataclass
 class WindowJob:
     """One decode of one window, to run on the engine or the reference decoder."""
@@ -157,7 +159,10 @@ class LongFormTranscription:
             prompt = model.get_decoder_prompt(self.language, self.params.task, self.params.timestamps, previous)
             temperature = self.params.temperature[self._temperature_index]
             beams = self.params.beam_size if temperature == 0 else 1
-            seed = None if self.params.seed is None else self.params.seed + self._jobs_issued
+            # Seeded per job even without a request seed, so a window that falls back to sampling gives the same
+            # text on every run, alone or in any batch (each request samples from its own generator).
+            base = DEFAULT_SAMPLING_SEED if self.params.seed is None else self.params.seed
+            seed = base + self._jobs_issued
             params = SamplingParams(self.rules, max_new_tokens=self.params.max_new_tokens, temperature=temperature,
                                     seed=seed, beam_size=beams, patience=self.params.patience,
                                     length_penalty=self.params.length_penalty,
