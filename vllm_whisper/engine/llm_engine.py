@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
@@ -265,15 +265,23 @@ class LLMEngine:
     # successful forward; cache writes repeat the same values), so a failed batch is retried request by request:
     # the request that fails alone is finished with an error, and the rest of the batch carries on as if nothing
     # happened. Out-of-memory errors that only a full batch hits are healed the same way.
-    def _encode_contained(self, requests: list[Request]) -> list[RequestOutput]:
+    def _one_by_one(self, what: str, units: list, run: Callable[[list], list], fail: Callable[[object, Exception], list]
+                    ) -> list:
+        """Run the units (one per request) together; if that raises, run each alone and fail those that still do."""
         try:
-            self.runner.encode(requests)
-            return []
+            return run(units)
         except Exception as exc:
-            if len(requests) == 1:
-                return self._fail_window(requests[0], exc)
-            logger.warning("encoder batch of %d windows failed (%s); retrying one by one", len(requests), exc)
-            return [out for request in requests for out in self._encode_contained([request])]
+            if len(units) == 1:
+                return fail(units[0], exc)
+            logger.warning("%s batch of %d requests failed (%s); retrying one by one", what, len(units), exc)
+            return [out for unit in units for out in self._one_by_one(what, [unit], run, fail)]
+
+    def _encode_contained(self, requests: list[Request | AlignmentRequest]) -> list[RequestOutput]:
+        def encode(batch: list[Request | AlignmentRequest]) -> list[RequestOutput]:
+            self.runner.encode(batch)
+            return []
+
+        return self._one_by_one("encoder", requests, encode, self._fail_window)
 
     def _fail_window(self, request: Request | AlignmentRequest, exc: Exception) -> list[RequestOutput]:
         """The window's encoder pass failed: fail every request that reads it (its slot holds no valid K/V)."""
@@ -283,46 +291,53 @@ class LLMEngine:
         return [self._fail(victim, exc) for victim in victims] + [self._fail_alignment(r, exc) for r in aligners]
 
     def _run_alignments_contained(self, requests: list[AlignmentRequest]) -> list[RequestOutput]:
-        try:
-            return self._run_alignments(requests)
-        except Exception as exc:
-            if len(requests) == 1:
-                return [self._fail_alignment(requests[0], exc)]
-            logger.warning("alignment batch of %d windows failed (%s); retrying one by one", len(requests), exc)
-            return [out for request in requests for out in self._run_alignments_contained([request])]
-
-    def _fail_alignment(self, request: AlignmentRequest, exc: BaseException | str) -> RequestOutput:
-        reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-        logger.error("alignment %s failed inside the engine: %s", request.request_id, reason)
-        self._abort_alignment(request.request_id)
-        self.failed_requests += 1
-        return RequestOutput(request.request_id, [], [], True, RequestStatus.FINISHED_ERROR.value, 0.0, math.nan,
-                             error=reason)
+        return self._one_by_one("alignment", requests, self._run_alignments,
+                                lambda request, exc: [self._fail_alignment(request, exc)])
 
     def _run_group_contained(self, seqs: list[Sequence]) -> list[RequestOutput]:
-        computed = [seq.num_computed for seq in seqs]
-        try:
-            decided = self._decide(seqs)
-        except Exception as exc:
-            for seq, count in zip(seqs, computed):
-                seq.num_computed = count  # undo the runner's advance: the retry feeds the same tokens again
-            requests = list({id(seq.request): seq.request for seq in seqs}.values())
-            if len(requests) == 1:
-                return [self._fail(requests[0], exc)]
-            logger.warning("decoder batch of %d requests failed (%s); retrying one by one", len(requests), exc)
-            return [out for request in requests
-                    for out in self._run_group_contained([s for s in seqs if s.request is request])]
-        return self._apply(seqs, decided)
+        """Decide the group's tokens, request by request if the batch fails (a request's beams stay together),
+        then apply them. Only deciding is contained: applying changes engine state and is not retried."""
+        by_request: dict[int, list[Sequence]] = {}
+        for seq in seqs:
+            by_request.setdefault(id(seq.request), []).append(seq)
+
+        def decide(units: list[list[Sequence]]) -> list[tuple[list[Sequence], _GroupDecision]]:
+            batch = [seq for unit in units for seq in unit]
+            computed = [seq.num_computed for seq in batch]
+            try:
+                return [(batch, self._decide(batch))]
+            except Exception:
+                for seq, count in zip(batch, computed):
+                    seq.num_computed = count  # undo the runner's advance: the retry feeds the same tokens again
+                raise
+
+        outcomes = self._one_by_one("decoder", list(by_request.values()), decide,
+                                    lambda unit, exc: [self._fail(unit[0].request, exc)])
+        outputs: list[RequestOutput] = []
+        for outcome in outcomes:
+            outputs += self._apply(*outcome) if isinstance(outcome, tuple) else [outcome]
+        return outputs
 
     def _fail(self, request: Request, exc: BaseException | str) -> RequestOutput:
         """Finish one request with an error; its blocks and slot go back to the pools, the engine goes on."""
-        reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-        logger.error("request %s failed inside the engine: %s", request.request_id, reason)
+        reason = self._record_failure(request.request_id, exc)
         self._finish(request, RequestStatus.FINISHED_ERROR)
-        self.failed_requests += 1
         seq = request.seqs[0]
         return RequestOutput(request.request_id, list(seq.output), [], True, RequestStatus.FINISHED_ERROR.value,
                              seq.sum_logprob, request.no_speech_prob, error=reason)
+
+    def _fail_alignment(self, request: AlignmentRequest, exc: BaseException | str) -> RequestOutput:
+        reason = self._record_failure(request.request_id, exc)
+        self._abort_alignment(request.request_id)
+        return RequestOutput(request.request_id, [], [], True, RequestStatus.FINISHED_ERROR.value, 0.0, math.nan,
+                             error=reason)
+
+    def _record_failure(self, request_id: str, exc: BaseException | str) -> str:
+        """Log and count a request the engine fails; returns the reason its caller is given."""
+        reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        logger.error("request %s failed inside the engine: %s", request_id, reason)
+        self.failed_requests += 1
+        return reason
 
     # --- one group: decide (model, rules, sampling), then apply (state) ---------------------------------
     def _decide(self, seqs: list[Sequence]) -> "_GroupDecision":
