@@ -120,3 +120,11 @@ def test_the_server_still_serves_after_bad_input(server, wav, fox_clip):
     assert server.state.engine.is_running and server.state.service.in_progress == 0
     stats = server.state.engine.stats
     assert stats.num_free_kv_blocks == stats.num_kv_blocks
+
+
+@pytest.mark.parametrize("content,name", [(b"\x00\x01garbage" * 500, "a.wav"), (b"not audio\n" * 10, "notes.txt")])
+def test_undecodable_upload_says_invalid_or_unsupported(server, content, name):
+    """OpenAI's and vLLM's clients both match this phrase: an undecodable upload says it in its message."""
+    response = post(server, files=audio_file(content, name))
+    assert response.status_code == 400
+    assert "Invalid or unsupported audio file" in response.json()["error"]["message"]

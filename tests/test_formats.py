@@ -114,6 +114,14 @@ def test_verbose_json_words_left_out_without_word_timings():
     assert "words" not in body and body["segments"] == SEGMENT_DICTS
 
 
+def test_translation_json_is_text_alone():
+    """A translation's json body is {"text"} as in OpenAI's and vLLM's translation responses; transcriptions keep
+    their usage block."""
+    body, media_type = render(RESULT, "json", task="translate")
+    assert body == {"text": TEXT} and media_type == "application/json"
+    assert set(render(RESULT, "json")[0]) == {"text", "usage"}
+
+
 def test_verbose_json_translate_task_and_language_names():
     body = to_verbose_json(replace(RESULT, language="ja"), task="translate")
     assert body["task"] == "translate" and body["language"] == "japanese"

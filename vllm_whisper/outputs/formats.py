@@ -80,8 +80,11 @@ def parse_granularities(timestamp_granularities: Iterable[str] | str) -> tuple[b
 
 
 # --- the formats ----------------------------------------------------------------------------------
-def to_json(result: TranscriptionResult) -> dict[str, Any]:
-    """OpenAI's `json` format: the text and the usage block."""
+def to_json(result: TranscriptionResult, task: str = "transcribe") -> dict[str, Any]:
+    """OpenAI's `json` format: the text and, for transcriptions, the usage block. A translation is `{"text"}` alone,
+    as both OpenAI's and vLLM's translation responses are."""
+    if task == "translate":
+        return {"text": result.text}
     return {"text": result.text, "usage": usage(result)}
 
 
@@ -158,7 +161,7 @@ def render(result: TranscriptionResult, response_format: str, task: str = "trans
     fmt = check_format(response_format)
     media_type = MEDIA_TYPES[fmt]
     if fmt == "json":
-        return to_json(result), media_type
+        return to_json(result, task), media_type
     if fmt == "verbose_json":
         segments, words = parse_granularities(timestamp_granularities)
         return to_verbose_json(result, task, segments, words), media_type

@@ -172,7 +172,7 @@ class TranscriptionService:
         except AudioTooLongError as exc:
             raise bad_request(f"{exc} (this server's --max-audio-duration).", "file", "audio_too_long") from exc
         except AudioDecodeError as exc:
-            raise bad_request(f"Could not decode the audio: {exc}", "file", "invalid_audio") from exc
+            raise bad_request(f"Invalid or unsupported audio file: {exc}", "file", "invalid_audio") from exc
 
     # --- output -----------------------------------------------------------------------------------
     async def _run_to_end(self, request: Request, audio, params: TranscriptionParams, request_id: str,
