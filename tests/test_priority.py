@@ -3,6 +3,8 @@ are not encoded while more urgent work runs, so live sessions cannot starve uplo
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from vllm_whisper.config import EngineConfig
@@ -13,9 +15,12 @@ from vllm_whisper.testing.engine_runs import run_to_completion
 from vllm_whisper.transcribe.sequential import build_rules
 
 
-def jobs(loaded, count: int, new_tokens: int = 6):
+def jobs(loaded, count: int, new_tokens: int = 6, run_to_length: bool = False):
+    """Windows of random features; run_to_length suppresses end-of-text so each decodes exactly new_tokens."""
     gen = torch.Generator().manual_seed(0)
     rules = build_rules(loaded, TranscriptionParams(timestamps=False))
+    if run_to_length:
+        rules = replace(rules, suppress_tokens=rules.suppress_tokens + (rules.eot,))
     prompt = loaded.tokenizer.sot_sequence(None, "transcribe", timestamps=False)
     params = SamplingParams(rules, max_new_tokens=new_tokens)
     return [(f"r{i}", torch.randn(80, 3000, generator=gen), prompt, params) for i in range(count)]
@@ -52,4 +57,51 @@ def test_best_effort_windows_wait_while_urgent_work_runs(tiny_en):
     # priorities change the order, never the tokens
     plain = run_to_completion(LLMEngine(tiny_en, EngineConfig(num_kv_blocks=200, num_cross_slots=8)),
                               [("urgent", *work[0][1:]), ("partial-a", *work[1][1:]), ("partial-b", *work[2][1:])])
+    assert {k: v.tokens for k, v in plain.items()} == finished
+
+
+def test_running_best_effort_requests_pause_while_urgent_work_runs(tiny_en):
+    """A realtime partial pass already decoding feeds no token while an upload runs, then finishes unchanged."""
+    engine = LLMEngine(tiny_en, EngineConfig(num_kv_blocks=200, num_cross_slots=8))
+    work = jobs(tiny_en, 2, new_tokens=8, run_to_length=True)
+    engine.add_request("partial", *work[0][1:], priority=1)
+    engine.step()
+    engine.step()
+    partial = engine.requests["partial"]
+    engine.add_request("urgent", *work[1][1:], priority=0)
+    paused_steps = 0
+    finished = {}
+    while engine.has_unfinished_requests():
+        before = len(partial.seqs[0].output)
+        urgent_running = any(r.request_id == "urgent" for r in engine.scheduler.running)
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = out.tokens
+        if urgent_running and "urgent" not in finished:
+            assert len(partial.seqs[0].output) == before
+            paused_steps += 1
+    assert paused_steps >= 6 and list(finished)[0] == "urgent"
+    plain = run_to_completion(LLMEngine(tiny_en, EngineConfig(num_kv_blocks=200, num_cross_slots=8)),
+                              [("partial", *work[0][1:]), ("urgent", *work[1][1:])])
+    assert {k: v.tokens for k, v in plain.items()} == finished
+
+
+def test_urgent_request_takes_room_from_paused_best_effort_ones(tiny_en):
+    """With room for two sequences, a second upload preempts the paused partial pass instead of waiting for it."""
+    engine = LLMEngine(tiny_en, EngineConfig(num_kv_blocks=200, num_cross_slots=8, max_num_seqs=2))
+    work = jobs(tiny_en, 3, new_tokens=8, run_to_length=True)
+    engine.add_request("partial", *work[0][1:], priority=1)
+    engine.step()
+    engine.add_request("urgent-1", *work[1][1:], priority=0)
+    engine.step()
+    engine.add_request("urgent-2", *work[2][1:], priority=0)
+    finished = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = out.tokens
+    assert list(finished)[-1] == "partial" and engine.scheduler.num_preemptions == 1
+    plain = run_to_completion(LLMEngine(tiny_en, EngineConfig(num_kv_blocks=200, num_cross_slots=8)),
+                              [(request_id, *job[1:]) for request_id, job in zip(["partial", "urgent-1", "urgent-2"],
+                                                                                   work)])
     assert {k: v.tokens for k, v in plain.items()} == finished

@@ -30,6 +30,7 @@ class SchedulerOutput:
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # (source, destination) copy-on-write
     preempted: list[Request] = field(default_factory=list)
     align: list[AlignmentRequest] = field(default_factory=list)  # alignment passes, run after the decoder groups
+    paused: list[Request] = field(default_factory=list)  # running best-effort requests feeding no token this step
 
     @property
     def is_empty(self) -> bool:
@@ -63,16 +64,28 @@ class Scheduler:
         self.alignments.append(request)
 
     def schedule(self) -> SchedulerOutput:
+        """This step's work: see the module docstring; best-effort requests wait (new windows) or pause (running
+        ones) while more urgent requests run."""
         out = SchedulerOutput()
         token_budget = self.config.max_num_batched_tokens
-        # 1. Running sequences each feed one token; make room for it, preempting the newest request if needed.
+        # 1. Running sequences each feed one token; make room for it, preempting the newest request if needed. A
+        # best-effort request (a larger priority value than the most urgent running one) pauses: it keeps its blocks
+        # and slot but feeds no token, so a decode step costs what the urgent work alone costs; it resumes when the
+        # urgent work is done. Realtime partial passes are such requests: an upload never waits behind them.
         still_running: list[Request] = []
+        most_urgent = min((r.priority for r in self.running), default=None)
         queue = deque(self.running)
         while queue:
             request = queue.popleft()
+            if request.priority > most_urgent:
+                still_running.append(request)
+                out.paused.append(request)
+                continue
             needed = sum(self._blocks_to_grow(seq) for seq in request.seqs)
             while needed > 0 and not self.blocks.can_allocate(needed):
-                victim = queue.pop() if queue else request
+                victim = out.paused.pop() if out.paused else queue.pop() if queue else request
+                if victim in still_running:
+                    still_running.remove(victim)
                 self._preempt(victim, out)
                 if victim is request:
                     break
@@ -84,24 +97,33 @@ class Scheduler:
             out.decode += request.seqs
             token_budget -= len(request.seqs)
         self.running = still_running
-        # 2. Admit waiting requests by priority, then arrival (preempted ones were put back at the front). A
-        # best-effort window (a larger priority value) is not encoded while more urgent work runs: the encoder is
-        # most of a CPU step, so it would slow every urgent request's tokens.
+        # 2. Admit waiting requests by priority, then arrival (preempted ones were put back at the front of their
+        # priority). A best-effort request (a larger priority value) is not admitted while more urgent work runs:
+        # the encoder is most of a CPU step, so it would slow every urgent request's tokens. An urgent request that
+        # does not fit takes the sequences and blocks of paused best-effort requests (preempted by recompute).
         running_seqs = self.num_running_seqs
         most_urgent = min((r.priority for r in self.running), default=None)
         while self.waiting:
             request = self.waiting[0]
             if running_seqs + request.num_seqs_reserved > self.config.max_num_seqs and self.running:
-                break
+                if not self._preempt_less_urgent(request, out):
+                    break
+                running_seqs = self.num_running_seqs
+                continue
             new_window = request.window.slot is None
             if new_window and (self.slots.num_free == 0 or len(out.encode) >= self.encoder_windows_per_step):
                 break
-            if new_window and most_urgent is not None and request.priority > most_urgent:
+            if most_urgent is not None and request.priority > most_urgent:
                 break
             needed = sum(blocks_for(seq.num_tokens, self.config.block_size) for seq in request.seqs)
             new_tokens = sum(seq.num_tokens for seq in request.seqs)
-            if not self.blocks.can_allocate(needed) or new_tokens > token_budget:
+            if new_tokens > token_budget:
                 break
+            if not self.blocks.can_allocate(needed):
+                if not self._preempt_less_urgent(request, out):
+                    break
+                running_seqs = self.num_running_seqs
+                continue
             self.waiting.popleft()
             if new_window:
                 request.window.slot = self.slots.allocate()
@@ -168,13 +190,27 @@ class Scheduler:
             self.blocks.free(block)
         seq.block_table = []
 
+    def _preempt_less_urgent(self, request: Request, out: SchedulerOutput) -> bool:
+        """Make room for a waiting request by preempting the newest request paused this step that is less urgent;
+        False when there is none (requests that feed a token this step are never taken)."""
+        victims = [r for r in out.paused if r.priority > request.priority]
+        if not victims:
+            return False
+        out.paused.remove(victims[-1])
+        self.running.remove(victims[-1])
+        self._preempt(victims[-1], out)
+        return True
+
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         """Free the request's blocks and queue it for recompute; its window keeps its cross-K/V slot."""
         for seq in request.seqs:
             self.free_blocks(seq)
             seq.num_computed = 0
         request.status = RequestStatus.WAITING
-        self.waiting.appendleft(request)
+        # Back to the front of its priority class: ahead of requests of its priority, behind more urgent ones.
+        index = next((i for i, waiting in enumerate(self.waiting) if waiting.priority >= request.priority),
+                     len(self.waiting))
+        self.waiting.insert(index, request)
         out.preempted.append(request)
         self.num_preemptions += 1
 
