@@ -105,3 +105,16 @@ def test_urgent_request_takes_room_from_paused_best_effort_ones(tiny_en):
                               [(request_id, *job[1:]) for request_id, job in zip(["partial", "urgent-1", "urgent-2"],
                                                                                    work)])
     assert {k: v.tokens for k, v in plain.items()} == finished
+
+
+def test_best_effort_windows_are_encoded_one_per_step(tiny_en):
+    """An urgent arrival waits for at most one best-effort window's encoder pass; urgent windows batch as usual."""
+    engine = LLMEngine(tiny_en, EngineConfig(num_kv_blocks=200, num_cross_slots=8, max_encoder_windows_per_step=4))
+    work = jobs(tiny_en, 6)
+    for request_id, features, prompt, params in work[:3]:
+        engine.add_request(f"partial-{request_id}", features, prompt, params, priority=1)
+    assert len(engine.scheduler.schedule().encode) == 1
+    engine = LLMEngine(tiny_en, EngineConfig(num_kv_blocks=200, num_cross_slots=8, max_encoder_windows_per_step=4))
+    for request_id, features, prompt, params in work[3:]:
+        engine.add_request(f"upload-{request_id}", features, prompt, params)
+    assert len(engine.scheduler.schedule().encode) == 3

@@ -115,6 +115,8 @@ class Scheduler:
                 break
             if most_urgent is not None and request.priority > most_urgent:
                 break
+            if new_window and request.priority > 0 and out.encode:
+                break  # best-effort windows are encoded one per step: an urgent arrival waits for one window at most
             needed = sum(blocks_for(seq.num_tokens, self.config.block_size) for seq in request.seqs)
             new_tokens = sum(seq.num_tokens for seq in request.seqs)
             if new_tokens > token_budget:
