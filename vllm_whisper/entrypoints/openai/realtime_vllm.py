@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import numpy as np
+from starlette.websockets import WebSocket
 
 from vllm_whisper.audio.chunking import quietest_point
 from vllm_whisper.audio.decode import SAMPLE_RATE
@@ -43,7 +44,7 @@ class VllmRealtimeSession(RealtimeSessionBase):
     VALUE_ERROR_CODE = "invalid_event"
     AUDIO_ERROR_CODE = "invalid_audio"
 
-    def __init__(self, websocket, engine: AsyncLLMEngine, served_names: list[str], multilingual: bool,
+    def __init__(self, websocket: WebSocket, engine: AsyncLLMEngine, served_names: list[str], multilingual: bool,
                  session_id: str | None = None):
         super().__init__(websocket, engine, served_names, multilingual, SAMPLE_RATE, session_id)
         self.model: str | None = None  # set by a valid session.update; commits need it
