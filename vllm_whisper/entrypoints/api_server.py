@@ -30,7 +30,8 @@ from vllm_whisper.entrypoints.body_limits import BodyLimitMiddleware, BodyReadTi
 from vllm_whisper.entrypoints.drain import Drain, run_draining
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.openai.errors import OpenAIError
-from vllm_whisper.entrypoints.openai.realtime import RealtimeSession, check_websocket_key
+from vllm_whisper.entrypoints.openai.realtime_base import check_websocket_key
+from vllm_whisper.entrypoints.openai.realtime_endpoint import OPENAI_INTENT, RealtimeEndpoint
 from vllm_whisper.entrypoints.openai.serving_transcription import ServingLimits, TranscriptionService
 from vllm_whisper.model_executor.loader import LoadedModel
 
@@ -176,7 +177,7 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
 
     @app.websocket("/v1/realtime")
     async def realtime(websocket: WebSocket) -> None:
-        intent = websocket.query_params.get("intent", "transcription")
+        intent = websocket.query_params.get("intent")  # transcription: OpenAI's protocol; none: see realtime_endpoint
         if not check_websocket_key(websocket, state.api_key):
             error = OpenAIError(401, "Missing or wrong API key: send `Authorization: Bearer <key>`.",
                                 code="invalid_api_key")
@@ -190,23 +191,24 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
             await _refuse_websocket(websocket, state)
             return
         await websocket.accept(subprotocol="realtime" if "realtime" in subprotocols else None)
-        if intent != "transcription":
+        if intent not in (None, OPENAI_INTENT):
             await websocket.send_json({"type": "error", "error": {
                 "type": "invalid_request_error", "code": "unsupported_intent", "param": "intent", "event_id": None,
-                "message": "this server supports intent=transcription only"}})
+                "message": "this server supports intent=transcription (OpenAI's events) or no intent (vLLM's "
+                           "realtime protocol) only"}})
             await websocket.close(code=1003)
             return
-        session = RealtimeSession(websocket, state.engine, state.served_names,
-                                  state.loaded.tokenizer.is_multilingual)
-        state.drain.on_start.append(session.close_for_shutdown)
+        endpoint = RealtimeEndpoint(websocket, intent, state.engine, state.served_names,
+                                    state.loaded.tokenizer.is_multilingual)
+        state.drain.on_start.append(endpoint.close_for_shutdown)
         state.realtime_sessions += 1
         state.service.in_progress += 1
         try:
-            await session.run()
+            await endpoint.run()
         finally:
             state.realtime_sessions -= 1
             state.service.in_progress -= 1
-            state.drain.on_start.remove(session.close_for_shutdown)
+            state.drain.on_start.remove(endpoint.close_for_shutdown)
 
     @app.get("/v1/models")
     async def models() -> dict:

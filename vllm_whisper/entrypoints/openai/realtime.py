@@ -4,57 +4,30 @@ The client streams base64 PCM16 (`input_audio_buffer.append`), and commits turns
 do it. While a turn grows, it is decoded again every `PASS_INTERVAL_S` on the shared engine; words two passes
 agree on are sent as `conversation.item.input_audio_transcription.delta` and never change. On commit a final
 pass over the whole turn sends the rest and `...completed`. Both event shapes are accepted: the GA
-`session.update` and the beta `transcription_session.update`.
+`session.update` and the beta `transcription_session.update`. The socket loop, partial passes and decoding are
+shared with vLLM's protocol (realtime_base.py); realtime_endpoint.py says which protocol a socket speaks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import secrets
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
-from vllm_whisper.audio.live import LiveAudioBuffer, LiveAudioError, TurnDetector, decode_pcm16
+from vllm_whisper.audio.live import LiveAudioBuffer, TurnDetector, decode_pcm16
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
+from vllm_whisper.entrypoints.openai.realtime_base import (
+    MAX_TURN_S, EventHandler, RealtimeError, RealtimeSessionBase, event_id)
 from vllm_whisper.languages import normalize_language
-from vllm_whisper.params import TranscriptionParams, fallback_temperatures
 from vllm_whisper.transcribe.incremental import LocalAgreement
-from vllm_whisper.transcribe.stream import TranscriptionFinished, stream_transcription
 
-logger = logging.getLogger(__name__)
-PASS_INTERVAL_S = 0.3  # new audio needed before another partial pass
-MIN_PASS_AUDIO_S = 0.6  # no partial pass on less audio than this (the turn starts with 0.3 s of padding)
-MAX_TURN_S = 29.0  # a longer turn is committed by the server (Whisper hears 30 s at a time)
 IDLE_KEEP_S = 2.0  # audio kept while no one speaks (enough for the prefix padding)
 DEFAULT_RATE = 24000  # OpenAI's pcm16 is 24 kHz mono
 MAX_PENDING_FINALS = 4  # committed turns of one session decoding at once before its commits wait
-PARTIAL_PASS_PRIORITY = 1  # engine priority of partial passes: after every request of priority 0
-
-
-# What parsing a client's event can raise besides our own errors: wrong types (a string rate, a list where an object
-# belongs), numbers out of range (int(1e400)), bad base64 or text encodings.
-INVALID_VALUE_ERRORS = (ValueError, TypeError, OverflowError, AttributeError, KeyError, UnicodeError)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-class RealtimeError(ValueError):
-    def __init__(self, message: str, code: str = "invalid_value", param: str | None = None):
-        super().__init__(message)
-        self.code, self.param = code, param
-
-
-def _event_id() -> str:
-    return f"event_{secrets.token_hex(8)}"
 
 
 @dataclass
@@ -78,86 +51,43 @@ class SessionConfig:
             "turn_detection": self.turn_detection}}}
 
 
-class RealtimeSession:
+class RealtimeSession(RealtimeSessionBase):
     """One WebSocket's state: the turn's audio, its item id, partial passes and the agreement of their text."""
 
     def __init__(self, websocket: WebSocket, engine: AsyncLLMEngine, served_names: list[str],
-                 multilingual: bool):
-        self.ws, self.engine = websocket, engine
-        self.served_names, self.multilingual = served_names, multilingual
+                 multilingual: bool, session_id: str | None = None):
+        super().__init__(websocket, engine, served_names, multilingual, DEFAULT_RATE, session_id)
         self.config = SessionConfig(model=served_names[0])
-        self.session_id = f"sess_{uuid.uuid4().hex[:20]}"
-        self.audio = LiveAudioBuffer(self.config.rate)
         self.stream_seconds = 0.0  # audio received since the session (or the last clear), at 16 kHz
         self.turn_offset = 0.0  # where the buffer starts on that timeline
         self.detector = self._new_detector()
         self.buffer_origin = 0.0  # where the buffer starts on the detector's timeline
-        self.item_id: str | None = None
         self.previous_item_id: str | None = None
-        self.agreement = LocalAgreement()
-        self.passes = 0
-        self._pass_task: asyncio.Task | None = None
-        self._last_pass_at = 0.0  # buffer seconds covered by the last partial pass
-        self._send_lock = asyncio.Lock()
-        self._finals: set[asyncio.Task] = set()
 
     # --- protocol -----------------------------------------------------------------------------------
-    async def run(self) -> None:
-        await self.send({"type": "transcription_session.created", "session": {"id": self.session_id,
-                                                                             **self.config.beta_view()}})
-        try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                if message.get("text") is None:
-                    await self.error("binary frames are not supported: send each event as a JSON text frame",
-                                     "invalid_frame", None, None)
-                    continue
-                await self.handle(message["text"])
-        except WebSocketDisconnect:
-            pass
-        finally:
-            for task in [self._pass_task, *self._finals]:
-                if task is not None:
-                    task.cancel()
+    def greeting(self) -> dict:
+        return {"type": "transcription_session.created", "session": {"id": self.session_id,
+                                                                     **self.config.beta_view()}}
 
-    async def close_for_shutdown(self) -> None:
-        """The server drains: tell the client why, then close (1001: going away)."""
-        await self.send({"type": "error", "error": {
-            "type": "server_error", "code": "server_shutting_down", "param": None, "event_id": None,
-            "message": "the server is shutting down; reconnect to another replica or later"}})
-        try:
-            await self.ws.close(code=1001, reason="server shutting down")
-        except RuntimeError:
-            pass  # already closed
+    @staticmethod
+    def ga_created_event(session_id: str, model: str) -> dict:
+        """GA's `session.created` for a session with default settings (sent where the protocol is not yet known)."""
+        return {"type": "session.created", "session": {"id": session_id, **SessionConfig(model=model).ga_view()}}
 
-    async def handle(self, message: str) -> None:
-        client_event_id = None
-        try:
-            event = json.loads(message)
-            if not isinstance(event, dict):
-                raise RealtimeError("each message must be a JSON object", "invalid_json")
-            client_event_id = event.get("event_id")
-            kind = event.get("type")
-            handler = {
-                "input_audio_buffer.append": self.on_append,
-                "input_audio_buffer.commit": self.on_commit,
-                "input_audio_buffer.clear": self.on_clear,
-                "session.update": self.on_session_update,
-                "transcription_session.update": self.on_session_update,
-            }.get(kind)
-            if handler is None:
-                raise RealtimeError(f"unknown event type {kind!r}", "unknown_event", "type")
-            await handler(event)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            await self.error(f"the message is not valid JSON: {_reason(exc)}", "invalid_json", None, None)
-        except (RealtimeError, LiveAudioError) as exc:
-            await self.error(str(exc), getattr(exc, "code", "invalid_value"), getattr(exc, "param", None),
-                             client_event_id)
-        except INVALID_VALUE_ERRORS as exc:  # a field of the wrong type or range inside an otherwise valid event
-            await self.error(f"invalid value in the event: {_reason(exc)}", "invalid_value", None,
-                             client_event_id if isinstance(client_event_id, str) else None)
+    def handlers(self) -> dict[str, EventHandler]:
+        return {
+            "input_audio_buffer.append": self.on_append,
+            "input_audio_buffer.commit": self.on_commit,
+            "input_audio_buffer.clear": self.on_clear,
+            "session.update": self.on_session_update,
+            "transcription_session.update": self.on_session_update,
+        }
+
+    def transcription_language(self) -> str | None:
+        return self.config.language
+
+    def transcription_prompt(self) -> str | None:
+        return self.config.prompt
 
     async def on_session_update(self, event: dict) -> None:
         session = event.get("session")
@@ -261,7 +191,7 @@ class RealtimeSession:
         await self.commit()
 
     async def on_clear(self, event: dict) -> None:
-        self._cancel_pass()
+        await self._stop_pass()
         self._start_new_turn()
         await self.send({"type": "input_audio_buffer.cleared"})
 
@@ -305,11 +235,11 @@ class RealtimeSession:
         """Close the turn (its audio up to `until_seconds`, default all): announce the item, then decode it whole
         in the background and complete it."""
         item_id = self.item_id or f"item_{secrets.token_hex(10)}"
+        await self._stop_pass()  # a pass that already has its text sends it first: the final pass continues after it
         audio = self.audio.samples_16k().copy()
         if until_seconds is not None:
             audio = audio[: max(0, int(round(until_seconds * 16000)))]
         agreement = self.agreement
-        self._cancel_pass()
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id,
                          "previous_item_id": self.previous_item_id})
         await self.send({"type": "conversation.item.created", "previous_item_id": self.previous_item_id,
@@ -318,13 +248,11 @@ class RealtimeSession:
                                   "content": [{"type": "input_audio", "transcript": None}]}})
         self.previous_item_id = item_id
         self._start_new_turn()
-        task = asyncio.create_task(self._complete(item_id, audio, agreement))
-        self._finals.add(task)
-        task.add_done_callback(self._finals.discard)
-        if len(self._finals) >= MAX_PENDING_FINALS:
+        self._track(asyncio.create_task(self._complete(item_id, audio, agreement)))
+        if len(self._tasks) >= MAX_PENDING_FINALS:
             # Back-pressure: a client committing faster than turns decode waits here (its later events queue in
             # the socket) instead of growing the engine's queue without bound.
-            await asyncio.wait(set(self._finals), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
 
     async def _complete(self, item_id: str, audio: np.ndarray, agreement: LocalAgreement) -> None:
         try:
@@ -338,71 +266,18 @@ class RealtimeSession:
         await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id,
                          "content_index": 0, "transcript": agreement.text})
 
-    # --- partial passes -----------------------------------------------------------------------------
-    def _maybe_start_pass(self) -> None:
-        if self.item_id is None or (self._pass_task is not None and not self._pass_task.done()):
-            return
-        seconds = self.audio.seconds
-        if seconds < MIN_PASS_AUDIO_S or seconds - self._last_pass_at < PASS_INTERVAL_S:
-            return
-        self._last_pass_at = seconds
-        self._pass_task = asyncio.create_task(self._partial_pass(self.item_id, self.audio.samples_16k().copy()))
-
-    async def _partial_pass(self, item_id: str, audio: np.ndarray) -> None:
-        try:
-            text = await self._decode(audio, final=False, tag=f"{item_id}-p{self.passes}",
-                                      prefix=self.agreement.text)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a failed partial pass costs only that partial text
-            logger.warning("partial pass failed: %s", exc)
-            return
-        if item_id != self.item_id:
-            return
-        delta = self.agreement.update(text)
-        if delta:
-            await self._send_delta(item_id, delta)
-        self._maybe_start_pass()  # audio that arrived during this pass
-
-    def _cancel_pass(self) -> None:
-        if self._pass_task is not None and not self._pass_task.done():
-            self._pass_task.cancel()
-        self._pass_task = None
-
-    async def _decode(self, audio: np.ndarray, final: bool, tag: str, prefix: str) -> str:
-        """One decode of the turn so far, continuing after the words already sent (a forced prefix), so a
-        pass only decodes new words and cannot contradict sent text."""
-        self.passes += 1
-        params = TranscriptionParams(
-            language=self.config.language if self.multilingual else "en", timestamps=False,
-            initial_prompt=self.config.prompt, condition_on_previous_text=False, prefix=prefix or None,
-            temperature=fallback_temperatures(0.0) if final else (0.0,),
-            max_new_tokens=self.engine.config.default_max_new_tokens)
-        # Partial passes are best effort: they queue behind uploads and committed turns (priority 1), so many live
-        # sessions cannot starve the server's other work; a turn's final pass has normal priority.
-        priority = 0 if final else PARTIAL_PASS_PRIORITY
-        request_id = f"rt-{self.session_id}-{tag}"
-        async for event in stream_transcription(self.engine, audio, params, request_id, priority):
-            if isinstance(event, TranscriptionFinished):
-                return event.result.text
-        return ""
-
     # --- sending ------------------------------------------------------------------------------------
     async def _send_delta(self, item_id: str, delta: str) -> None:
         await self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
                          "content_index": 0, "delta": delta})
 
     async def send(self, event: dict) -> None:
-        async with self._send_lock:
-            try:
-                await self.ws.send_text(json.dumps({"event_id": _event_id(), **event}, ensure_ascii=False))
-            except (WebSocketDisconnect, RuntimeError):
-                pass  # the client left; the receive loop ends the session
+        await super().send({"event_id": event_id(), **event})
 
-    async def error(self, message: str, code: str, param: str | None, client_event_id: str | None) -> None:
-        await self.send({"type": "error", "error": {"type": "invalid_request_error", "code": code,
-                                                    "message": message, "param": param,
-                                                    "event_id": client_event_id}})
+    def error_event(self, message: str, code: str, param: str | None, client_event_id: Any,
+                    error_type: str = "invalid_request_error") -> dict:
+        return {"type": "error", "error": {"type": error_type, "code": code, "message": message, "param": param,
+                                           "event_id": client_event_id}}
 
     def _new_detector(self) -> TurnDetector | None:
         turn = self.config.turn_detection
@@ -422,16 +297,3 @@ def _server_vad(turn: dict) -> dict:
         if not 0 <= value <= 10_000:
             raise RealtimeError(f"turn_detection.{name} must be between 0 and 10000", param=f"turn_detection.{name}")
     return {"type": "server_vad", "threshold": threshold, "prefix_padding_ms": padding, "silence_duration_ms": silence}
-
-
-def check_websocket_key(websocket: WebSocket, api_key: str | None) -> bool:
-    """The key from `Authorization: Bearer` or, for browsers, the `openai-insecure-api-key.<key>` subprotocol."""
-    if not api_key:
-        return True
-    header = websocket.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else ""
-    for protocol in websocket.headers.get("sec-websocket-protocol", "").split(","):
-        protocol = protocol.strip()
-        if protocol.startswith("openai-insecure-api-key."):
-            token = protocol[len("openai-insecure-api-key."):]
-    return secrets.compare_digest(token.encode(), api_key.encode())
