@@ -160,14 +160,12 @@ class RealtimeSession(RealtimeSessionBase):
     async def _ingest(self, samples: np.ndarray) -> None:
         """Add client-rate audio to the turn, run server VAD over it and act on the turn boundaries it finds. Audio
         after a turn's end starts the next turn, so one append holding several turns gives one item per turn."""
-        before = self.audio.samples_16k().size
-        self.audio.append(samples)  # incremental: costs the chunk, not the turn
-        new_16k = self.audio.samples_16k()[before:].copy()
-        if self.detector is not None:
-            detector = self.detector
-            # The VAD model runs on a worker thread so many sessions cannot stall the event loop; this session's
-            # events stay in order because its receive loop waits for each append.
-            turns = await asyncio.to_thread(detector.feed, new_16k)
+        detector = self.detector
+        # Resampling and the VAD model run on a worker thread so many sessions cannot stall the event loop; this
+        # session's events stay in order because its receive loop waits for each append, and nothing else touches
+        # the buffer meanwhile (partial passes work on copies).
+        turns = await asyncio.to_thread(self._append_and_detect, samples, detector)
+        if detector is not None:
             for turn in turns if detector is self.detector else ():
                 if turn.kind == "speech_started":
                     await self._speech_started(turn.at_seconds)
@@ -184,6 +182,15 @@ class RealtimeSession(RealtimeSessionBase):
         if self.item_id is not None and self.audio.seconds >= MAX_TURN_S:
             await self.commit()
         self._maybe_start_pass()
+
+    def _append_and_detect(self, samples: np.ndarray, detector: TurnDetector | None) -> list:
+        """Add the chunk to the turn (incremental resampling: costs the chunk, not the turn) and feed the new 16 kHz
+        audio to the server VAD, if on; returns the turn boundaries found."""
+        before = self.audio.samples_16k().size
+        self.audio.append(samples)
+        if detector is None:
+            return []
+        return detector.feed(self.audio.samples_16k()[before:].copy())
 
     async def on_commit(self, event: dict) -> None:
         if self.audio.seconds < 0.1 or (self.detector is not None and self.item_id is None):
