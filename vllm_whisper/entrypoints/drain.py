@@ -15,6 +15,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
+import anyio
 import uvicorn
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Drain:
         """Pass `events` through; raise ServerDraining if the drain deadline comes first."""
         iterator = events.__aiter__()
         expired = asyncio.ensure_future(self.expired.wait())
+        upcoming: asyncio.Future | None = None
         try:
             while True:
                 upcoming = asyncio.ensure_future(iterator.__anext__())
@@ -63,6 +65,13 @@ class Drain:
                     return
         finally:
             expired.cancel()
+            if upcoming is not None and not upcoming.done():
+                # The consumer went away (a client disconnect cancels it) while the next event was being awaited on
+                # its own task: cancel that too and wait for it, so `events` is no longer running when the caller
+                # closes it (its clean-up aborts the engine request). Shielded: starlette's cancel scopes re-cancel.
+                upcoming.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait({upcoming})
 
 
 class DrainingServer(uvicorn.Server):
