@@ -72,6 +72,8 @@ async def one_request(session: aiohttp.ClientSession, url: str, model: str, clip
                 async for line in response.content:
                     if not line.startswith(b"data: "):
                         continue
+                    if line.startswith(b"data: [DONE]"):
+                        break
                     event = json.loads(line[6:])
                     now = time.perf_counter()
                     if event.get("type") == "transcript.text.delta":

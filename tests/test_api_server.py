@@ -128,10 +128,12 @@ def test_srt_cues_stream_as_they_close_over_aiohttp(server, story):
                 assert response.headers["content-type"].startswith("text/event-stream")
                 async for line in response.content:
                     if line.startswith(b"data: "):
-                        events.append(json.loads(line[6:]))
+                        events.append(line[6:].strip())
         return events
 
-    events = asyncio.run(main())
+    payloads = asyncio.run(main())
+    assert payloads[-1] == b"[DONE]"
+    events = [json.loads(p) for p in payloads[:-1]]
     cues, done = events[:-1], events[-1]
     assert done["type"] == "transcript.text.done" and len(cues) >= 3
     assert "".join(c["delta"] for c in cues) == done["text"]
@@ -144,7 +146,9 @@ def test_curl_streams_vtt(server, story):
     out = subprocess.run(
         ["curl", "-sN", f"{server.base_url}/v1/audio/transcriptions", "-F", f"file=@{story[0]}",
          "-F", "response_format=vtt", "-F", "stream=true"], capture_output=True, text=True, timeout=120)
-    events = [json.loads(line[6:]) for line in out.stdout.splitlines() if line.startswith("data: ")]
+    payloads = [line[6:] for line in out.stdout.splitlines() if line.startswith("data: ")]
+    assert payloads[-1] == "[DONE]"
+    events = [json.loads(p) for p in payloads[:-1]]
     assert events[0]["delta"].startswith("WEBVTT\n\n00:00:00.000 --> ")
     assert events[-1]["type"] == "transcript.text.done" and events[-1]["text"].startswith("WEBVTT")
 

@@ -66,7 +66,7 @@ def assert_server_clean_and_correct(server, fox_clip, baseline: str) -> None:
 
 # --- the upload form ----------------------------------------------------------------------------------------------
 FIELDS = ["model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]", "stream",
-          "stream_include_usage", "chunking_strategy", "chunking_strategy[type]",
+          "stream_include_usage", "stream_continuous_usage_stats", "chunking_strategy", "chunking_strategy[type]",
           "chunking_strategy[silence_duration_ms]", "chunking_strategy[threshold]", "include[]", "seed",
           "unknown_field"]
 NUMBERS = st.one_of(st.integers(-10**30, 10**30), st.floats(allow_nan=True, allow_infinity=True)).map(str)

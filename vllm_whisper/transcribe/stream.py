@@ -29,9 +29,11 @@ from vllm_whisper.transcribe.sequential import WindowJob
 
 @dataclass
 class TextDelta:
-    """New text since the previous delta (concatenated, the deltas give the transcript)."""
+    """New text since the previous delta (concatenated, the deltas give the transcript), and how many tokens
+    were decoded for it since the previous delta (what streamed usage counts so far)."""
 
     text: str
+    tokens: int = 0
 
 
 @dataclass
@@ -129,6 +131,7 @@ async def stream_transcription(engine: AsyncLLMEngine, audio: np.ndarray, params
     jobs = _TaskJobs(engine, run_job, priority)
     driver = FileDriver([file], jobs)
     at_start = True
+    held_tokens = 0  # of deltas dropped as leading whitespace, counted with the next one
     try:
         driver.start()
         for piece_events in pieces:
@@ -139,9 +142,11 @@ async def stream_transcription(engine: AsyncLLMEngine, audio: np.ndarray, params
                     raise item
                 if isinstance(item, TextDelta):
                     text = item.text.lstrip() if at_start else item.text
+                    held_tokens += item.tokens
                     if text:
                         at_start = False
-                        yield TextDelta(text)
+                        yield TextDelta(text, held_tokens)
+                        held_tokens = 0
                 else:
                     yield SegmentClosed(file.map_segment(piece_events.piece, item.segment, file.next_segment_id()))
     finally:
@@ -177,14 +182,17 @@ class _PieceEvents:
         machine = self.piece.machine
         text = _WindowText(machine.loaded)
         final = None
+        undelivered = 0  # tokens decoded since the last delta
         async with aclosing(outputs):  # closing it at once aborts the request if we are cancelled mid-window
             async for out in outputs:
                 final = out
                 if job.kind != "transcribe" or not out.new_tokens:
                     continue
+                undelivered += len(out.new_tokens)
                 delta = text.delta(out.tokens)
                 if delta:
-                    self.emit(TextDelta(delta))
+                    self.emit(TextDelta(delta, undelivered))
+                    undelivered = 0
                 for segment in machine.preview_segments(out.tokens)[self.sent_segments - len(machine.segments):]:
                     self.sent_segments += 1
                     self.emit(SegmentClosed(segment))

@@ -47,6 +47,7 @@ class TranscriptionRequest:
     timestamp_granularities: tuple[str, ...] = ("segment",)
     stream: bool = False
     stream_include_usage: bool | None = None
+    stream_continuous_usage_stats: bool = False
     include: tuple[str, ...] = ()
     chunking_strategy: dict[str, Any] | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -108,6 +109,7 @@ def _parse_form(form: Mapping[str, Any], getlist) -> TranscriptionRequest:
         model=_text(form, "model"), response_format=response_format, language=language or None,
         prompt=_text(form, "prompt"), temperature=temperature, timestamp_granularities=granularities,
         stream=stream, stream_include_usage=_optional_bool(form, "stream_include_usage"), include=include,
+        stream_continuous_usage_stats=_bool(form, "stream_continuous_usage_stats", False),
         chunking_strategy=_chunking(form),
     )
 

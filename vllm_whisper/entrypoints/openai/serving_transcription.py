@@ -93,8 +93,9 @@ class TranscriptionService:
             request_id = f"{task}-{next(self._ids)}"
             timer = _RequestTimer(arrival, len(audio) / 16000)
             if form_request.stream:
+                chunks = sse.StreamChunks.start(task, form_request.model or self.served_names[0])
                 events = self._sse(stream_transcription(self.engine, audio, params, request_id), form_request,
-                                   timer, release)
+                                   chunks, timer, release)
                 response = StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(release),
                                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
                 streaming = True
@@ -212,29 +213,40 @@ class TranscriptionService:
         except ValueError as exc:  # request options the model cannot honour
             raise bad_request(str(exc)) from exc
 
-    async def _sse(self, events: AsyncIterator, form_request: TranscriptionRequest, timer: "_RequestTimer",
-                   release) -> AsyncIterator[str]:
+    async def _sse(self, events: AsyncIterator, form_request: TranscriptionRequest, chunks: sse.StreamChunks,
+                   timer: "_RequestTimer", release) -> AsyncIterator[str]:
+        """The request's events in the shape both OpenAI's and vLLM's clients read (see outputs/sse.py), then
+        [DONE], also after an error event."""
         fmt = form_request.response_format
         cues = fmt in ("srt", "vtt")
+        include_usage = form_request.stream_include_usage is not False  # usage on the done event by default
+        continuous = include_usage and form_request.stream_continuous_usage_stats
         index = 0
         reason = "abort"
         tokens = 0
+        decoded = 0  # tokens decoded so far, for continuous usage
         duration = 0.0
         try:
             async with aclosing(events) as stream, aclosing(self.drain.until_expired(stream)) as drained:
                 async for event in drained:
+                    if isinstance(event, TextDelta):
+                        decoded += event.tokens
+                    so_far = sse.usage(timer.audio_seconds, decoded) if continuous else None
                     if isinstance(event, TextDelta) and not cues:
                         timer.first_text()
-                        yield sse.text_delta(event.text)
+                        yield chunks.text_delta(event.text, so_far)
                     elif isinstance(event, SegmentClosed) and cues:
                         timer.first_text()
                         index += 1
-                        yield sse.cue_delta(event.segment, index, fmt)
+                        yield chunks.cue_delta(event.segment, index, fmt, so_far)
                     elif isinstance(event, TranscriptionFinished):
-                        result, tokens, duration = event.result, event.generated_tokens, event.result.duration
+                        result, duration = event.result, event.result.duration
+                        tokens = max(event.generated_tokens, decoded)
                         text = render(result, fmt)[0] if cues else result.text
-                        include_usage = form_request.stream_include_usage is not False
-                        yield sse.text_done(text, sse.usage(duration, tokens) if include_usage else None)
+                        final_usage = sse.usage(duration, tokens)
+                        yield chunks.text_done(text, final_usage if include_usage else None)
+                        if form_request.stream_include_usage:
+                            yield chunks.usage_only(final_usage)
                         reason = "stop"
         except (EngineDeadError, EngineRequestError, ServerDraining, ValueError) as exc:
             reason = "error"
@@ -243,6 +255,7 @@ class TranscriptionService:
         finally:
             release()
             self.metrics.observe_request(duration, tokens, timer.first_token, timer.elapsed(), reason)
+        yield sse.DONE
 
 
 @dataclass
