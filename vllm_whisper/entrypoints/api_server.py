@@ -33,6 +33,7 @@ from vllm_whisper.entrypoints.openai.errors import OpenAIError
 from vllm_whisper.entrypoints.openai.realtime_base import check_websocket_key
 from vllm_whisper.entrypoints.openai.realtime_endpoint import OPENAI_INTENT, RealtimeEndpoint
 from vllm_whisper.entrypoints.openai.serving_transcription import ServingLimits, TranscriptionService
+from vllm_whisper.entrypoints.ray_serve.options import add_ray_arguments, check_ray_flags
 from vllm_whisper.model_executor.loader import LoadedModel
 
 logger = logging.getLogger("vllm_whisper.api_server")
@@ -94,6 +95,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-origins", default=None,
                         help='CORS origins: a JSON list (\'["https://a.example"]\') or a comma-separated list')
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    add_ray_arguments(parser)
 
 
 def create_state(args: argparse.Namespace) -> ServerState:
@@ -311,6 +313,12 @@ def parse_origins(value: str | None) -> list[str] | None:
 
 def run_server(args: argparse.Namespace) -> None:
     import uvicorn
+
+    check_ray_flags(args)
+    if args.ray:  # replicas of this app on Ray Serve (entrypoints/ray_serve/)
+        from vllm_whisper.entrypoints.ray_serve.launch import run_ray_server
+
+        return run_ray_server(args)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     origins = parse_origins(args.allowed_origins)
