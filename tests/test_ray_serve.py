@@ -310,3 +310,127 @@ def test_each_replicas_engine_metrics_reach_prometheus_through_ray(server, clien
                 and any(float(line.rsplit(" ", 1)[1]) > 0 for line in audio))
 
     wait_until(exported, 60, "both replicas' engine metrics on Ray's Prometheus endpoint", interval=2)
+
+
+# --- failure and autoscaling -----------------------------------------------------------------------------------------
+
+async def transcribe_once(http: httpx.AsyncClient, path: str, audio: bytes, stream: bool) -> dict:
+    """One upload; what came back, or the exception that ended it."""
+    data = {"model": "whisper-1", **({"stream": "true"} if stream else {})}
+    try:
+        async with http.stream("POST", path, files={"file": ("fox.wav", audio, "audio/wav")}, data=data) as response:
+            body = (await response.aread()).decode()
+            return {"status": response.status_code, "headers": response.headers, "body": body, "stream": stream}
+    except Exception as exc:  # noqa: BLE001 - a cut connection or a timeout is what the test must not see
+        return {"error": repr(exc), "stream": stream}
+
+
+def classify(outcome: dict, expected_text: str) -> str:
+    """'ok' (a correct answer), 'retriable' (503 + Retry-After, or a stream's final error event) or what went wrong."""
+    if "error" in outcome:
+        return f"broken: {outcome['error']}"
+    status, body = outcome["status"], outcome["body"]
+    if status == 503 and outcome["headers"].get("retry-after"):
+        return "retriable"
+    if status != 200:
+        return f"status {status}: {body[:200]}"
+    if outcome["stream"]:
+        events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+        last = events[-1] if events else {}
+        if last.get("type") == "error" and last["error"].get("code") == "replica_unavailable":
+            return "retriable"
+        text = last.get("text", "") if last.get("type") == "transcript.text.done" else ""
+    else:
+        text = json.loads(body)["text"]
+    return "ok" if words_match(expected_text, text, allowed_errors=1) else f"wrong text {text!r}"
+
+
+def test_a_replica_killed_mid_burst_is_replaced_and_nothing_hangs(server, ray_cluster, fox_clip):
+    ray = ray_cluster.ray
+    victim_id, victim_name = sorted(replica_actor_names(ray_cluster).items())[0]
+    audio = Path(fox_clip.path).read_bytes()
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=server.base_url, headers=AUTH, timeout=120) as http:
+            def launch(count: int, offset: int):
+                return [asyncio.create_task(transcribe_once(http, "/v1/audio/transcriptions", audio,
+                                                            stream=(offset + i) % 3 == 0)) for i in range(count)]
+
+            before = launch(20, 0)
+            await asyncio.sleep(1.5)  # both replicas busy with the burst
+            ray.kill(ray.get_actor(victim_name, namespace="serve"), no_restart=True)
+            await asyncio.sleep(0.5)
+            after = launch(10, 20)  # sent while Serve notices the loss and starts a replacement
+            return (await asyncio.wait_for(asyncio.gather(*before), 180),
+                    await asyncio.wait_for(asyncio.gather(*after), 180))
+
+    started = time.monotonic()
+    before, after = asyncio.run(burst())
+    kinds = [classify(o, fox_clip.text) for o in before + after]
+    print(f"burst of 30 with a kill: {kinds.count('ok')} ok, {kinds.count('retriable')} retriable, "
+          f"{time.monotonic() - started:.1f} s")
+    assert all(kind in ("ok", "retriable") for kind in kinds), kinds
+    assert "retriable" in kinds[:20], "no request was in flight on the killed replica"
+    assert kinds[20:].count("ok") >= 5, kinds[20:]  # new requests are served while the replica is replaced
+
+    replaced = wait_until(lambda: running_replicas(ray_cluster) == 2 and len(ids := replica_ids(ray_cluster)) == 2
+                          and victim_id not in ids and ids, 180, "Serve to replace the killed replica")
+
+    async def afterwards():
+        async with httpx.AsyncClient(base_url=server.base_url, headers=AUTH, timeout=120) as http:
+            outcomes = await asyncio.gather(*(transcribe_once(http, "/v1/audio/transcriptions", audio, stream=False)
+                                              for _ in range(6)))
+            seen = {r.headers[REPLICA_HEADER] for r in
+                    await asyncio.gather(*(http.get("/v1/models") for _ in range(16)))}
+        return outcomes, seen
+
+    outcomes, seen = asyncio.run(afterwards())
+    assert [classify(o, fox_clip.text) for o in outcomes] == ["ok"] * 6
+    assert seen == replaced
+
+
+@pytest.mark.slow
+def test_autoscaling_goes_from_one_to_two_replicas_under_load_and_back(ray_cluster, fox_clip):
+    from vllm_whisper.entrypoints.ray_serve.app import parse_server_args, whisper_application
+
+    args = parse_server_args({"model": "tiny.en", "dtype": "float32", "kv_cache_space": 0.25, "api_key": API_KEY,
+                              "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1})
+    fast = {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "target_ongoing_requests": 1,
+            "upscale_delay_s": 1, "downscale_delay_s": 3, "metrics_interval_s": 0.5, "look_back_period_s": 2}
+    serve = ray_cluster.serve
+    serve.run(whisper_application(args, autoscaling_config=fast), name="autoscale", route_prefix="/autoscale")
+    base_url = f"http://127.0.0.1:{serve.context._global_client.http_config.port}/autoscale"
+    audio = Path(fox_clip.path).read_bytes()
+    try:
+        assert running_replicas(ray_cluster, "autoscale") == 1
+        assert httpx.get(f"{base_url}/v1/models").status_code == 401  # the key holds under a route prefix too
+        loaded = asyncio.Event()
+
+        async def client_loop(http: httpx.AsyncClient) -> list[str]:
+            kinds = []
+            while not loaded.is_set():
+                kinds.append(classify(await transcribe_once(http, "/v1/audio/transcriptions", audio, False),
+                                      fox_clip.text))
+            return kinds
+
+        async def load() -> tuple[float, list[str]]:
+            started = time.monotonic()
+            async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=120) as http:
+                clients = [asyncio.create_task(client_loop(http)) for _ in range(4)]
+                while running_replicas(ray_cluster, "autoscale") < 2:
+                    assert time.monotonic() - started < 120, "no second replica after 120 s of load"
+                    await asyncio.sleep(0.5)
+                loaded.set()
+                results = await asyncio.gather(*clients)
+            return time.monotonic() - started, [kind for kinds in results for kind in kinds]
+
+        up_after, kinds = asyncio.run(load())
+        assert kinds and all(kind == "ok" for kind in kinds), kinds
+        idle = time.monotonic()
+        wait_until(lambda: running_replicas(ray_cluster, "autoscale") == 1
+                   and ray_cluster.serve.status().applications["autoscale"].deployments[DEPLOYMENT_NAME]
+                   .replica_states.get("STOPPING", 0) == 0, 120, "the scale-down to one replica")
+        print(f"autoscaling: 2 replicas after {up_after:.1f} s of load, back to 1 {time.monotonic() - idle:.1f} s "
+              "after it stopped")
+    finally:
+        serve.delete("autoscale")

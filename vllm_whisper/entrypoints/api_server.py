@@ -148,7 +148,7 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
 
     @app.middleware("http")
     async def refuse_while_draining(request: Request, call_next):
-        if state.drain.started and request.url.path != "/metrics":
+        if state.drain.started and _route_path(request) != "/metrics":
             error = OpenAIError(503, "The server is shutting down; retry on another replica or later.",
                                 "server_error", code="server_shutting_down", retry_after=5)
             return JSONResponse(error.body(), status_code=503, headers={**error.headers(), "Connection": "close"})
@@ -156,7 +156,8 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
 
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
-        protected = request.url.path.startswith("/v1") or (state.protect_metrics and request.url.path == "/metrics")
+        path = _route_path(request)
+        protected = path.startswith("/v1") or (state.protect_metrics and path == "/metrics")
         if state.api_key and protected and request.method != "OPTIONS":
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
@@ -238,6 +239,12 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def _route_path(request: Request) -> str:
+    """The path below the app's mount point: behind Ray Serve's route_prefix the prefix arrives as root_path."""
+    root, path = request.scope.get("root_path", ""), request.url.path
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 async def _refuse_websocket(websocket: WebSocket, state: ServerState) -> None:
