@@ -2,7 +2,9 @@
 
 What can be checked without a Docker daemon: every COPY source exists and reaches the build context, the
 ENTRYPOINT module exists, the default arguments parse with the server's own parser, the torch pins equal setup.py's,
-the CUDA base image and the torch wheel variant agree, and the HEALTHCHECK command works against a live /health.
+the CUDA base images and the torch wheel variant agree, the builder compiles vllm_whisper._C (csrc/ copied, built
+with the venv's torch, checked to load; CUDA kernels for the arch list on the devel image), the `ray` stage for Ray
+Serve, and the HEALTHCHECK command works against a live /health.
 hadolint or `docker build --check` lint the files when either is installed.
 """
 
@@ -66,6 +68,29 @@ def stages(instructions: list[Instruction]) -> list[list[Instruction]]:
         elif groups:
             groups[-1].append(ins)
     return groups
+
+
+def stage_name(group: list[Instruction]) -> str | None:
+    words = group[0].value.split()
+    return words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+
+
+def stage_base(group: list[Instruction], instructions: list[Instruction]) -> str:
+    """The image a stage starts from, ARG defaults expanded (another stage's name stays as it is)."""
+    return expand(group[0].value.split()[0], arg_defaults(instructions))
+
+
+def external_bases(instructions: list[Instruction]) -> list[str]:
+    """The registry images the stages start from (not the stages built from earlier stages)."""
+    groups = stages(instructions)
+    names = {stage_name(g) for g in groups}
+    return [base for base in (stage_base(g, instructions) for g in groups) if base not in names]
+
+
+def named_stage(instructions: list[Instruction], name: str) -> list[Instruction]:
+    found = [g for g in stages(instructions) if stage_name(g) == name]
+    assert len(found) == 1, f"expected one stage named {name!r}"
+    return found[0]
 
 
 def arg_defaults(instructions: list[Instruction]) -> dict[str, str]:
@@ -185,8 +210,8 @@ def test_copy_sources_exist_and_are_in_the_build_context(dockerfile):
             assert (ROOT / source).exists(), f"{path.name}:{ins.line}: COPY {source}: no such file in the repository"
             assert not is_ignored(source, rules), f"{path.name}:{ins.line}: COPY {source} is excluded by .dockerignore"
             copied.append(source)
-    # The package itself and what setup.py needs to build it must be copied.
-    assert {"setup.py", "vllm_whisper"} <= {c.rstrip("/") for c in copied}, copied
+    # The package itself and what setup.py needs to build it (csrc/: the extension's sources) must be copied.
+    assert {"setup.py", "vllm_whisper", "csrc"} <= {c.rstrip("/") for c in copied}, copied
 
 
 def test_entrypoint_module_exists(dockerfile):
@@ -243,23 +268,97 @@ def test_torch_pins_equal_setup_py(dockerfile):
     assert len(app_runs) == 1 and app_runs[0].line > torch_runs[0].line, "torch must be installed before the app"
 
 
-def test_cuda_base_image_matches_the_torch_wheel_variant():
+def test_cuda_base_images_match_the_torch_wheel_variant():
     instructions = parse_dockerfile(DOCKERFILES["cuda"])
     args = arg_defaults(instructions)
-    images = [expand(group[0].value.split()[0], args) for group in stages(instructions)]
-    for image in images:
+    groups = stages(instructions)
+    for image in external_bases(instructions):
         assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-[a-z-]+-ubuntu24\.04", image), image
     index = re.search(r"--index-url\s+\"?(\S+?)\"?(\s|$)", next(
         ins.value for ins in instructions if ins.keyword == "RUN" and "torch==" in ins.value)).group(1)
     variant = expand(index, args).rsplit("/", 1)[1]
-    major, minor = re.match(r"nvidia/cuda:(\d+)\.(\d+)", images[-1]).groups()
-    assert variant == f"cu{major}{minor}", f"runtime base {images[-1]} but torch wheels {variant}"
-    assert len(set(images)) == 1, "builder and runtime stages must share the base (the venv links its python)"
+    final = stage_base(groups[-1], instructions)
+    major, minor = re.match(r"nvidia/cuda:(\d+)\.(\d+)", final).groups()
+    assert variant == f"cu{major}{minor}", f"runtime base {final} but torch wheels {variant}"
+    # The builder compiles with nvcc (devel); the runtime stages stay on the small base image. All share one CUDA
+    # version and Ubuntu (the venv links the builder's python3.12, the extension its CUDA runtime).
+    builder = stage_base(groups[0], instructions)
+    assert "-devel-" in builder, builder
+    runtimes = [stage_base(g, instructions) for g in groups if stage_name(g) in (None, "ray")]
+    assert len(runtimes) == 2 and all("-base-" in image for image in runtimes), runtimes
+    versions = {image.split(":")[1].split("-")[0] for image in external_bases(instructions)}
+    assert len(versions) == 1, f"builder and runtime images on different CUDA versions: {versions}"
 
 
 def test_cpu_image_uses_python_312_slim_everywhere():
-    for group in stages(parse_dockerfile(DOCKERFILES["cpu"])):
-        assert group[0].value.split()[0] == "python:3.12-slim", group[0].value
+    for image in external_bases(parse_dockerfile(DOCKERFILES["cpu"])):
+        assert image == "python:3.12-slim", image
+
+
+def test_builder_compiles_the_extension_and_the_runtime_loads_it(dockerfile):
+    """vllm_whisper._C is built into the venv by setup.py with the venv's torch, checked to load in the builder
+    (with its CUDA kernels on the CUDA image) and imported again in each runtime stage, which has its OpenMP
+    runtime."""
+    name, path, instructions = dockerfile
+    builder = stages(instructions)[0]
+    copies = [ins.value.split() for ins in builder if ins.keyword == "COPY"]
+    assert ["csrc", "./csrc"] in copies, f"{path.name}: the builder must copy csrc/"
+    env = " ".join(ins.value for ins in builder if ins.keyword == "ENV")
+    assert f"VLLM_WHISPER_TARGET_DEVICE={name}" in env, f"{path.name}: set the extension's target device"
+    [install] = [ins for ins in builder if ins.keyword == "RUN" and ".[models]" in ins.value]
+    assert "--no-build-isolation" in install.value, "without it pip builds in an environment without torch"
+    assert "HAS_C_EXTENSION" in install.value and "python -P" in install.value, "check the installed _C loads"
+    tools = next(ins for ins in builder if ins.keyword == "RUN" and "setuptools==" in ins.value)
+    assert tools.line < install.line, "setuptools must be in the venv before a --no-build-isolation install"
+    if name == "cuda":
+        assert "HAS_CUDA_KERNELS" in install.value
+        assert "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST}" in env
+        if str(ROOT / "csrc") not in sys.path:
+            sys.path.insert(0, str(ROOT / "csrc"))
+        from setup_ext import gencode_flags  # the flags setup.py builds with
+
+        arch_list = arg_defaults(builder)["TORCH_CUDA_ARCH_LIST"]
+        archs = [a.removesuffix("+PTX") for a in arch_list.split(";")]
+        assert {"8.0", "9.0"} <= set(archs), f"A100 and H100/H200 must be in {arch_list}"
+        flags = gencode_flags(arch_list.split(";"))
+        assert "arch=compute_90,code=sm_90" in flags and "arch=compute_90,code=compute_90" in flags
+    for group in stages(instructions)[1:]:
+        if stage_name(group) in (None, "ray"):
+            apt = " ".join(ins.value for ins in group if ins.keyword == "RUN" and "apt-get install" in ins.value)
+            assert "libgomp1" in apt, f"{path.name}: stage {stage_name(group) or 'final'} lacks libgomp1 for _C"
+            checks = [ins for ins in group if ins.keyword == "RUN" and "load_model" in ins.value]
+            assert checks and "vllm_whisper._C" in checks[0].value
+
+
+def setup_extra(name: str) -> list[str]:
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    extras = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.keyword) and node.arg == "extras_require")
+    return extras[name]
+
+
+def test_ray_stage_serves_the_ray_serve_app(dockerfile):
+    """`--target ray`: the image every Ray node runs (KubeRay), with setup.py's Ray pin, the proxy's replica-loss
+    middleware switched on, and `docker run` starting `serve --ray`. The single server stays the default target."""
+    from vllm_whisper.entrypoints.ray_serve.proxy_errors import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
+    _, path, instructions = dockerfile
+    ray_stage = named_stage(instructions, "ray")
+    assert stages(instructions)[-1] is not ray_stage, "the last stage is the default target: the single server"
+    [ray_pin] = setup_extra("ray")
+    installs = [ins for ins in named_stage(instructions, "ray-builder") if ins.keyword == "RUN"]
+    assert any(f'"{ray_pin}"' in ins.value for ins in installs), f"{path.name}: install {ray_pin} (setup.py's pin)"
+    assert "--from=ray-builder /opt/venv /opt/venv" in " ".join(i.value for i in ray_stage if i.keyword == "COPY")
+    env = " ".join(ins.value for ins in ray_stage if ins.keyword == "ENV")
+    assert f"{PROXY_CALLBACK_ENV}={PROXY_CALLBACK}" in env
+    module, attribute = PROXY_CALLBACK.split(":")
+    assert callable(getattr(importlib.import_module(module), attribute))
+    apt = " ".join(ins.value for ins in ray_stage if ins.keyword == "RUN")
+    assert "wget" in apt, "KubeRay's default probes run wget in the Ray containers"
+    assert re.fullmatch(r"\d+", expand(only(ray_stage, "USER").value, arg_defaults(instructions)))
+    entrypoint = exec_form(only(ray_stage, "ENTRYPOINT"))
+    args = parse_server_args(entrypoint[3:] + exec_form(only(ray_stage, "CMD")))
+    assert entrypoint[2] == "vllm_whisper.entrypoints.api_server" and args.ray and args.host == "0.0.0.0"
 
 
 def test_runtime_stage_runs_as_non_root_with_the_models_baked_in(dockerfile):
@@ -339,7 +438,8 @@ def test_dockerignore_keeps_the_context_small_and_the_sources_in():
                      "speech.mp3", "build", "dist", "benchmarks/results/run.json"):
         assert is_ignored(left_out, rules), f"{left_out} should be excluded by .dockerignore"
     for kept in ("setup.py", "README.md", "vllm_whisper", "vllm_whisper/__init__.py",
-                 "vllm_whisper/entrypoints/api_server.py", "docker/Dockerfile.cpu"):
+                 "vllm_whisper/entrypoints/api_server.py", "docker/Dockerfile.cpu", "csrc/setup_ext.py",
+                 "csrc/cpu/cache_ops.cpp", "csrc/cuda/cache_kernels.cu", "csrc/torch_bindings.cpp"):
         assert not is_ignored(kept, rules), f"{kept} must stay in the build context"
 
 

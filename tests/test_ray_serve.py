@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import signal
@@ -141,6 +142,69 @@ def test_proxy_middleware_turns_a_lost_replica_into_retriable_errors():
         await send({"type": "http.response.body", "body": b"{}"})
 
     assert [m.get("status") for m in run_middleware(answered)] == [500, None]  # real answers pass untouched
+
+
+# --- the config files, validated by Ray's own schema ---------------------------------------------------------------
+
+def check_serve_config(config: dict, gpus_per_replica: float) -> argparse.Namespace:
+    """Ray's schema accepts the config; its application is our builder, whose args parse with the server's flags
+    into an autoscaling plan and build a Serve application. Returns the parsed flags."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is the optional `ray` extra: pip install -e .[ray]")
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    from vllm_whisper.entrypoints.ray_serve.app import app_builder, parse_server_args
+
+    schema = ServeDeploySchema.model_validate(config)
+    [application] = schema.applications
+    module, attribute = application.import_path.split(":")
+    assert getattr(importlib.import_module(module), attribute) is app_builder
+    assert application.route_prefix == "/" and application.name == APP_NAME
+    assert [d.name for d in application.deployments] == [DEPLOYMENT_NAME]  # overrides reach our deployment
+    args = parse_server_args(application.args)
+    plan = replica_plan(args, cluster_has_gpus=False)
+    auto = plan.autoscaling_config
+    assert auto and 1 <= auto["min_replicas"] < auto["max_replicas"] and plan.num_gpus == gpus_per_replica
+    assert isinstance(app_builder(application.args), Application)
+    return args
+
+
+def test_serve_deploy_config_is_valid():
+    config = yaml_load(ROOT / "deploy" / "serve_config.yaml")
+    args = check_serve_config(config, gpus_per_replica=0.0)
+    assert args.model == "tiny.en" and config["http_options"]["port"] == 8000
+
+
+def test_kuberay_rayservice_runs_the_serve_app_on_autoscaled_gpu_workers():
+    ray = pytest.importorskip("ray", reason="Ray Serve is the optional `ray` extra: pip install -e .[ray]")
+    manifest = yaml_load(ROOT / "deploy" / "kuberay" / "rayservice.yaml")
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
+    serve_config = manifest["spec"]["serveConfigV2"]
+    assert isinstance(serve_config, str), "KubeRay takes serveConfigV2 as a YAML string"
+    args = check_serve_config(yaml_loads(serve_config), gpus_per_replica=1.0)
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__ and cluster["enableInTreeAutoscaling"] is True
+    [workers] = cluster["workerGroupSpecs"]
+    [worker] = workers["template"]["spec"]["containers"]
+    gpus = int(worker["resources"]["limits"]["nvidia.com/gpu"])
+    assert gpus >= 1 and float(worker["resources"]["limits"]["cpu"]) >= args.num_cpus_per_replica
+    assert workers["minReplicas"] < workers["maxReplicas"] and workers["maxReplicas"] * gpus >= args.max_replicas
+    head = cluster["headGroupSpec"]
+    containers = [*head["template"]["spec"]["containers"], worker]
+    for container in containers:  # every proxy answers a lost replica with a retriable error
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK and "VLLM_API_KEY" in env
+        assert container["image"].endswith(":ray-cuda"), "the `ray` stage of docker/Dockerfile.cuda"
+    assert head["rayStartParams"]["num-cpus"] == "0"  # replicas only on the GPU workers
+
+
+def yaml_loads(text: str) -> dict:
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with the `ray` extra")
+    return yaml.safe_load(text)
+
+
+def yaml_load(path: Path) -> dict:
+    return yaml_loads(path.read_text(encoding="utf-8"))
 
 
 # --- on Ray ----------------------------------------------------------------------------------------------------------
