@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import websockets
 
 from vllm_whisper.audio import load_audio
 from vllm_whisper.entrypoints.api_server import build_parser
@@ -342,6 +343,12 @@ def test_realtime_turn_through_serve(server, speech_dir):
     [transcript] = run.transcripts
     assert words_match(HARVARD_SENTENCES[4], transcript)
 
+    async def handshake_headers():
+        async with websockets.connect(url, additional_headers=AUTH) as ws:
+            return ws.response.headers
+
+    assert asyncio.run(handshake_headers())[REPLICA_HEADER]  # the session's replica, named on the handshake
+
 
 def test_auth_models_health_metrics_and_both_replicas(server, client, ray_cluster):
     assert httpx.get(f"{server.base_url}/v1/models").status_code == 401
@@ -371,7 +378,7 @@ def test_each_replicas_engine_metrics_reach_prometheus_through_ray(server, clien
         lines = [line for line in text.splitlines() if line.startswith("ray_vllm_num_requests_running{")]
         audio = [line for line in text.splitlines() if line.startswith("ray_vllm_whisper_audio_seconds_processed_total{")]
         return ({r for r in replicas if any(f'replica="{r}"' in line for line in lines)} == replicas
-                and any(float(line.rsplit(" ", 1)[1]) > 0 for line in audio))
+                and any(float(line.rsplit(" ", 1)[1]) > 0 for line in audio) and "ray_serve_" in text)
 
     wait_until(exported, 60, "both replicas' engine metrics on Ray's Prometheus endpoint", interval=2)
 
@@ -453,7 +460,6 @@ def test_a_replica_killed_mid_burst_is_replaced_and_nothing_hangs(server, ray_cl
     assert seen == replaced
 
 
-@pytest.mark.slow
 def test_autoscaling_goes_from_one_to_two_replicas_under_load_and_back(ray_cluster, fox_clip):
     from vllm_whisper.entrypoints.ray_serve.app import parse_server_args, whisper_application
 
