@@ -32,7 +32,8 @@ def run_ray_server(args: argparse.Namespace) -> None:
     local = address is None
     if local:
         os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)  # inherited by the proxy this Ray starts
-    ray.init(address=address, logging_level=logging.WARNING)
+    # "local": a new Ray for this process even when another runs on this machine (its Serve is stopped on exit).
+    ray.init(address=address or "local", logging_level=logging.WARNING)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
