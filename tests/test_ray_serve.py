@@ -105,8 +105,8 @@ def test_ray_flags_need_ray():
         check_ray_flags(parse("--num-replicas", "2", "--ray-address", "auto"))
 
 
-def run_middleware(app) -> list[dict]:
-    """The messages ReplicaLossMiddleware sends for one HTTP request to `app`."""
+def run_middleware(app, kind: str = "http") -> list[dict]:
+    """The messages ReplicaLossMiddleware sends for one HTTP request (or WebSocket session) to `app`."""
     sent = []
 
     async def receive():
@@ -115,7 +115,7 @@ def run_middleware(app) -> list[dict]:
     async def send(message):
         sent.append(message)
 
-    asyncio.run(ReplicaLossMiddleware(app)({"type": "http", "method": "POST", "path": "/v1/x"}, receive, send))
+    asyncio.run(ReplicaLossMiddleware(app)({"type": kind, "method": "POST", "path": "/v1/x"}, receive, send))
     return sent
 
 
@@ -143,6 +143,13 @@ def test_proxy_middleware_turns_a_lost_replica_into_retriable_errors():
         await send({"type": "http.response.body", "body": b"{}"})
 
     assert [m.get("status") for m in run_middleware(answered)] == [500, None]  # real answers pass untouched
+
+    async def session_lost(scope, receive, send):
+        await send({"type": "websocket.accept"})
+
+    accept, event, close = run_middleware(session_lost, "websocket")
+    assert json.loads(event["text"])["error"]["code"] == "replica_unavailable"
+    assert close["type"] == "websocket.close" and close["code"] == CLOSE_SERVICE_RESTART
 
 
 # --- the config files, validated by Ray's own schema ---------------------------------------------------------------
@@ -376,7 +383,8 @@ def test_each_replicas_engine_metrics_reach_prometheus_through_ray(server, clien
     def exported() -> bool:
         text = httpx.get(f"http://127.0.0.1:{ray_cluster.metrics_port}/metrics", timeout=10).text
         lines = [line for line in text.splitlines() if line.startswith("ray_vllm_num_requests_running{")]
-        audio = [line for line in text.splitlines() if line.startswith("ray_vllm_whisper_audio_seconds_processed_total{")]
+        audio = [line for line in text.splitlines()
+                 if line.startswith("ray_vllm_whisper_audio_seconds_processed_total{")]
         return ({r for r in replicas if any(f'replica="{r}"' in line for line in lines)} == replicas
                 and any(float(line.rsplit(" ", 1)[1]) > 0 for line in audio) and "ray_serve_" in text)
 
@@ -416,27 +424,47 @@ def classify(outcome: dict, expected_text: str) -> str:
     return "ok" if words_match(expected_text, text, allowed_errors=1) else f"wrong text {text!r}"
 
 
+async def until_closed(ws) -> tuple[list[dict], int | None]:
+    """A realtime session's events up to its close, and the close code."""
+    events = []
+    try:
+        async for message in ws:
+            events.append(json.loads(message))
+    except websockets.ConnectionClosed:
+        pass
+    return events, ws.close_code
+
+
 def test_a_replica_killed_mid_burst_is_replaced_and_nothing_hangs(server, ray_cluster, fox_clip):
     ray = ray_cluster.ray
-    victim_id, victim_name = sorted(replica_actor_names(ray_cluster).items())[0]
     audio = Path(fox_clip.path).read_bytes()
+    url = server.base_url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    victim_id = None
 
     async def burst():
-        async with httpx.AsyncClient(base_url=server.base_url, headers=AUTH, timeout=120) as http:
+        nonlocal victim_id
+        async with websockets.connect(url, additional_headers=AUTH) as session, \
+                httpx.AsyncClient(base_url=server.base_url, headers=AUTH, timeout=120) as http:
+            victim_id = session.response.headers[REPLICA_HEADER]  # the replica holding this realtime session
+            victim = ray.get_actor(replica_actor_names(ray_cluster)[victim_id], namespace="serve")
+
             def launch(count: int, offset: int):
                 return [asyncio.create_task(transcribe_once(http, "/v1/audio/transcriptions", audio,
                                                             stream=(offset + i) % 3 == 0)) for i in range(count)]
 
             before = launch(20, 0)
             await asyncio.sleep(1.5)  # both replicas busy with the burst
-            ray.kill(ray.get_actor(victim_name, namespace="serve"), no_restart=True)
+            ray.kill(victim, no_restart=True)
             await asyncio.sleep(0.5)
             after = launch(10, 20)  # sent while Serve notices the loss and starts a replacement
             return (await asyncio.wait_for(asyncio.gather(*before), 180),
-                    await asyncio.wait_for(asyncio.gather(*after), 180))
+                    await asyncio.wait_for(asyncio.gather(*after), 180),
+                    await asyncio.wait_for(until_closed(session), 60))
 
     started = time.monotonic()
-    before, after = asyncio.run(burst())
+    before, after, (session_events, close_code) = asyncio.run(burst())
+    assert session_events[-1]["type"] == "error" and session_events[-1]["error"]["code"] == "replica_unavailable"
+    assert close_code == CLOSE_SERVICE_RESTART  # the realtime client learns to reconnect, it is not left hanging
     kinds = [classify(o, fox_clip.text) for o in before + after]
     print(f"burst of 30 with a kill: {kinds.count('ok')} ok, {kinds.count('retriable')} retriable, "
           f"{time.monotonic() - started:.1f} s")
