@@ -135,8 +135,9 @@ def test_proxy_middleware_turns_a_lost_replica_into_retriable_errors():
 
     *_, last = run_middleware(died_mid_stream)
     assert last["more_body"] is False
-    event = json.loads(last["body"].decode().removeprefix("data: "))
-    assert event["type"] == "error" and event["error"]["code"] == "replica_unavailable"
+    error, done = last["body"].decode().split("\n\n")[:2]
+    event = json.loads(error.removeprefix("data: "))
+    assert event["type"] == "error" and event["error"]["code"] == "replica_unavailable" and done == "data: [DONE]"
 
     async def answered(scope, receive, send):
         await send({"type": "http.response.start", "status": 500, "headers": []})
@@ -302,6 +303,13 @@ def two_sentences(speech_dir):
     return encode_audio(np.concatenate(parts), 16000, speech_dir / "ray_two.mp3"), " ".join(HARVARD_SENTENCES[4:6])
 
 
+def sse_events(body: str) -> list[dict]:
+    """The JSON events of an SSE body; it must end with `data: [DONE]`, which is left out."""
+    lines = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
+    assert lines and lines[-1] == "[DONE]", lines[-3:]
+    return [json.loads(line) for line in lines[:-1]]
+
+
 def test_every_response_format_through_serve(client, fox_clip, two_sentences):
     with open(fox_clip.path, "rb") as f:
         raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=f)
@@ -333,7 +341,7 @@ def test_streams_through_serve(client, server, two_sentences):
                       files={"file": ("two.mp3", path.read_bytes(), "audio/mpeg")},
                       data={"response_format": "srt", "stream": "true"}) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-        cues = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+        cues = sse_events("\n".join(response.iter_lines()))
     assert cues[-1]["type"] == "transcript.text.done" and len(cues) >= 3
     assert "".join(c["delta"] for c in cues[:-1]) == cues[-1]["text"]
 
@@ -414,7 +422,7 @@ def classify(outcome: dict, expected_text: str) -> str:
     if status != 200:
         return f"status {status}: {body[:200]}"
     if outcome["stream"]:
-        events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+        events = sse_events(body)
         last = events[-1] if events else {}
         if last.get("type") == "error" and last["error"].get("code") == "replica_unavailable":
             return "retriable"

@@ -2,7 +2,7 @@
 the client gets a clean, retriable error instead of Serve's bare 500 or a cut connection.
 
 - before the response started: 503 with `Retry-After` and OpenAI's error body (code `replica_unavailable`);
-- an SSE stream already running: a final `error` event, then the stream ends properly;
+- an SSE stream already running: a final `error` event and `data: [DONE]`, as the server ends a failed stream;
 - a realtime WebSocket: an `error` event, then close code 1012 (service restart: reconnect).
 
 Serve loads it through `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=vllm_whisper.entrypoints.ray_serve.proxy_errors:
@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vllm_whisper.entrypoints.openai.errors import OpenAIError
-from vllm_whisper.outputs.sse import encode_event
+from vllm_whisper.outputs.sse import DONE, encode_event
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ class ReplicaLossMiddleware:
         elif seen.event_stream:
             logger.warning("%s: the replica stopped mid-stream; sent an error event", scope.get("path"))
             error = replica_lost_error()
-            event = encode_event({"type": "error", "error": error.body()["error"]})
-            await send({"type": "http.response.body", "body": event.encode(), "more_body": False})
+            ending = "" if seen.stream_done else encode_event({"type": "error", "error": error.body()["error"]}) + DONE
+            await send({"type": "http.response.body", "body": ending.encode(), "more_body": False})
         # A plain response cut mid-body stays cut: the client sees a broken response, not a truncated 200.
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,6 +103,7 @@ class _Seen:
         self.started = False
         self.finished = False
         self.event_stream = False
+        self.stream_done = False  # the last body chunk ended with the stream's [DONE]
         self.client_gone = False
 
     def watch_receive(self, receive: Receive, disconnect: str) -> Receive:
@@ -121,8 +122,9 @@ class _Seen:
                 self.started = True
                 headers = dict(message.get("headers") or [])
                 self.event_stream = headers.get(b"content-type", b"").startswith(b"text/event-stream")
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                self.finished = True
+            elif kind == "http.response.body":
+                self.finished = not message.get("more_body", False)
+                self.stream_done = message.get("body", b"").endswith(DONE.encode())
             elif kind in ("websocket.close", "websocket.http.response.body"):
                 self.finished = True
             await send(message)
