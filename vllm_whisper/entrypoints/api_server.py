@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from vllm_whisper import __version__
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.engine.llm_engine import LLMEngine
+from vllm_whisper.engine.setup_info import EngineSetup, engine_setup
 from vllm_whisper.engine_args import EngineArgs
 from vllm_whisper.entrypoints.body_limits import BodyLimitMiddleware, BodyReadTimeout, BodyTooLarge
 from vllm_whisper.entrypoints.drain import Drain, run_draining
@@ -57,6 +58,7 @@ class ServerState:
     realtime_sessions: int = 0  # open realtime WebSockets (each also counts as one request in progress)
     protect_metrics: bool = False  # /metrics needs the API key too
     stat_logger: EngineStatLogger | None = None  # the periodic engine line; None with --disable-log-stats
+    setup: EngineSetup | None = None  # what the engine was built with (the start-up line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +134,8 @@ def create_state(args: argparse.Namespace) -> ServerState:
     drain = Drain(timeout=args.shutdown_timeout)
     service = TranscriptionService(engine, served, limits, metrics, drain)
     return ServerState(loaded, engine, service, metrics, served, args.api_key, int(time.time()), drain,
-                       args.max_realtime_sessions, protect_metrics=args.protect_metrics, stat_logger=stat_logger)
+                       args.max_realtime_sessions, protect_metrics=args.protect_metrics, stat_logger=stat_logger,
+                       setup=engine_setup(llm_engine))
 
 
 def warm_up(engine: LLMEngine) -> None:
@@ -335,7 +338,7 @@ def run_server(args: argparse.Namespace) -> None:
     origins = parse_origins(args.allowed_origins)
     state = create_state(args)
     app = build_app(state, origins)
-    logger.info("%s", startup_line(state.engine.engine, args.quantization, state.served_names, args.host, args.port))
+    logger.info("%s", startup_line(state.setup, args.quantization, state.served_names, args.host, args.port))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout, limit_concurrency=args.max_connections)
     try:

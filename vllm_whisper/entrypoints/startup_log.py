@@ -7,26 +7,17 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from vllm_whisper.engine.llm_engine import LLMEngine
+from vllm_whisper.engine.setup_info import EngineSetup
 
 
-def _gib(tensors: list[Tensor]) -> float:
-    return sum(t.numel() * t.element_size() for t in tensors) / 2**30
-
-
-def startup_line(engine: LLMEngine, quantization: str | None, served_names: list[str], host: str, port: int,
+def startup_line(setup: EngineSetup, quantization: str | None, served_names: list[str], host: str, port: int,
                  engine_index: int = 0) -> str:
     """Device, dtype, quantization, attention backend, KV-cache and cross-attention pools (count and GiB), CUDA
     graph buckets ("off" when none are captured), max-num-seqs, served names and the address."""
-    model, cache, runner = engine.loaded.model, engine.runner.cache, engine.runner
-    graphs = runner.graphs
-    buckets = ",".join(map(str, graphs.batch_sizes)) if graphs is not None and graphs.captured else "off"
-    dtype = str(model.dtype).removeprefix("torch.")
-    return (f"Engine {engine_index:03d}: ready: device={model.device.type} dtype={dtype} "
-            f"quantization={quantization or 'none'} attention={runner.backend.name} "
-            f"kv_cache={engine.block_pool.num_blocks} blocks ({_gib(cache.self_k + cache.self_v):.2f} GiB) "
-            f"cross_slots={engine.slot_pool.num_slots} ({_gib(cache.cross_k + cache.cross_v):.2f} GiB) "
-            f"cuda_graphs={buckets} max_num_seqs={engine.config.max_num_seqs} models={','.join(served_names)} "
+    buckets = ",".join(map(str, setup.cuda_graph_batch_sizes)) or "off"
+    return (f"Engine {engine_index:03d}: ready: device={setup.device} dtype={setup.dtype} "
+            f"quantization={quantization or 'none'} attention={setup.attention_backend} "
+            f"kv_cache={setup.num_kv_blocks} blocks ({setup.kv_cache_gib:.2f} GiB) "
+            f"cross_slots={setup.num_cross_slots} ({setup.cross_cache_gib:.2f} GiB) "
+            f"cuda_graphs={buckets} max_num_seqs={setup.max_num_seqs} models={','.join(served_names)} "
             f"listening=http://{host}:{port}")
