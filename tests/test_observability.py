@@ -64,23 +64,22 @@ def fox_bytes(fox_clip) -> bytes:
     return fox_clip.path.read_bytes()
 
 
-def start_server(log_path: Path, *flags: str) -> Iterator[ServerProcess]:
+def launch(log_path: Path, *flags: str) -> ServerProcess:
+    """Start the server process (not yet waiting for it: two servers start side by side)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vllm_whisper.entrypoints.api_server", "--model", "tiny.en", "--dtype", "float32",
-         "--kv-cache-space", "0.5", "--port", str(port), *flags],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT, text=True)
-    server = ServerProcess(process, log_path, port)
-    try:
-        wait_until(lambda: _healthy(server), timeout=180, what="the server to become healthy")
-        yield server
-    finally:
-        process.kill()  # no graceful drain needed (tests/test_shutdown.py covers it)
-        process.wait(timeout=30)
-        log.close()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vllm_whisper.entrypoints.api_server", "--model", "tiny.en", "--dtype", "float32",
+             "--kv-cache-space", "0.5", "--port", str(port), *flags],
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return ServerProcess(process, log_path, port)
+
+
+def stop(server: ServerProcess) -> None:
+    server.process.kill()  # no graceful drain needed (tests/test_shutdown.py covers it)
+    server.process.wait(timeout=30)
 
 
 def _healthy(server: ServerProcess) -> bool:
@@ -102,8 +101,23 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[ServerProcess]:
-    yield from start_server(tmp_path_factory.mktemp("observability") / "server.log", "--log-stats-interval", "1")
+def servers(tmp_path_factory) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """The module's server (stats every second) and one with --disable-log-stats, started together."""
+    folder = tmp_path_factory.mktemp("observability")
+    started = [launch(folder / "server.log", "--log-stats-interval", "1"),
+               launch(folder / "quiet.log", "--disable-log-stats", "--log-stats-interval", "0.2")]
+    try:
+        for server in started:
+            wait_until(lambda: _healthy(server), timeout=180, what="the server to become healthy")
+        yield started[0], started[1]
+    finally:
+        for server in started:
+            stop(server)
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> ServerProcess:
+    return servers[0]
 
 
 def transcribe(server: ServerProcess, audio: bytes, **fields: str) -> httpx.Response:
@@ -191,7 +205,7 @@ def test_a_realtime_turn_logs_one_line(server, fox_clip):
 def test_stats_line_appears_within_the_interval_under_load(server, fox_bytes):
     before = len(server.matching(STATS_LINE))
     assert transcribe(server, fox_bytes).status_code == 200
-    wait_until(lambda: any(float(m.group(2)) > 0 for m in server.matching(STATS_LINE)[before:]), timeout=3,
+    wait_until(lambda: any(float(m.group(2)) > 0 for m in server.matching(STATS_LINE)[before:]), timeout=5,
                what="a stats line with generation throughput")
     for line in server.matching(STATS_LINE)[before:]:
         prompt, generation, audio, running, waiting, kv, cross, preemptions = line.groups()
@@ -202,12 +216,12 @@ def test_stats_line_appears_within_the_interval_under_load(server, fox_bytes):
     assert len(server.matching(STATS_LINE)) == idle_from
 
 
-def test_no_stats_line_with_disable_log_stats(tmp_path, fox_bytes):
-    for quiet in start_server(tmp_path / "quiet.log", "--disable-log-stats", "--log-stats-interval", "0.2"):
-        assert transcribe(quiet, fox_bytes).status_code == 200
-        time.sleep(1.0)
-        assert len(quiet.matching(REQUEST_LINE)) == 1  # the server logs, just not the stats
-        assert not [line for line in quiet.lines() if "Avg generation throughput" in line]
+def test_no_stats_line_with_disable_log_stats(servers, fox_bytes):
+    quiet = servers[1]
+    assert transcribe(quiet, fox_bytes).status_code == 200
+    time.sleep(1.0)
+    assert len(quiet.matching(REQUEST_LINE)) == 1  # the server logs, just not the stats
+    assert not [line for line in quiet.lines() if "Avg generation throughput" in line]
 
 
 # --- /metrics ---------------------------------------------------------------------------------------------------
