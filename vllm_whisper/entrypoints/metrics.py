@@ -135,9 +135,8 @@ class ServerMetrics:
             for seconds in iteration.inter_token_latencies:
                 inter_token.observe(seconds)
 
-    def observe_request(self, audio_seconds: float, tokens: int, ttft: float | None, latency: float,
-                        reason: str) -> None:
-        """One HTTP transcription ended (`tokens` is kept for callers; the token counters follow the engine)."""
+    def observe_request(self, audio_seconds: float, ttft: float | None, latency: float, reason: str) -> None:
+        """One HTTP transcription ended (the token counters follow the engine's steps, record_iteration)."""
         labels = self._engine_labels
         self.audio_seconds.labels(self.model_name).inc(audio_seconds)
         self.finished.labels(*labels, reason).inc()

@@ -113,10 +113,10 @@ class TranscriptionService:
                                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
                 streaming = True
                 return response
-            result, tokens = await self._run_to_end(request, audio, params, request_id, timer)
+            result, _ = await self._run_to_end(request, audio, params, request_id, timer)
             body, media_type = render(result, form_request.response_format, task=task,
                                       timestamp_granularities=form_request.timestamp_granularities)
-            self._request_ended(timer, "stop", result.duration, tokens)
+            self._request_ended(timer, "stop", result.duration)
             if isinstance(body, dict):
                 return JSONResponse(body, media_type=media_type)
             return Response(body, media_type=media_type)
@@ -267,12 +267,12 @@ class TranscriptionService:
             yield sse.error_event(str(exc))
         finally:
             release()
-            self._request_ended(timer, reason, duration, tokens)
+            self._request_ended(timer, reason, duration)
         yield sse.DONE
 
-    def _request_ended(self, record: RequestRecord, reason: str, audio_seconds: float = 0.0, tokens: int = 0) -> None:
+    def _request_ended(self, record: RequestRecord, reason: str, audio_seconds: float = 0.0) -> None:
         """A request the engine worked on ended (reason: stop, abort or error): its metrics and its log line."""
-        self.metrics.observe_request(audio_seconds, tokens, record.first_token, record.elapsed(), reason)
+        self.metrics.observe_request(audio_seconds, record.first_token, record.elapsed(), reason)
         record.finish(STATUS_OF_REASON[reason])
 
 
