@@ -163,17 +163,19 @@ def test_each_upload_logs_exactly_one_line_with_its_fields(server, fox_bytes):
     assert transcribe(server, fox_bytes, model="whisper-1").status_code == 200
     [ok] = new_request_lines(server, before, 1)
     request_id, model, task, status, audio, latency, rtfx, streamed = ok.groups()
-    assert request_id.startswith("transcribe-") and model == "tiny.en" and task == "transcribe"
+    assert re.fullmatch(r"trsc-[0-9a-f]{32}", request_id) and model == "tiny.en" and task == "transcribe"
     assert status == "ok" and streamed == "false" and 2.5 < float(audio) < 3.5
     assert float(latency) > 0 and abs(float(rtfx) - float(audio) / float(latency)) < 0.02 * float(rtfx) + 0.01
 
     with httpx.stream("POST", f"{server.base_url}/v1/audio/transcriptions", files={"file": ("fox.wav", fox_bytes)},
                       data={"stream": "true"}, timeout=120) as response:
-        assert response.status_code == 200 and "transcript.text.done" in "".join(response.iter_lines())
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert response.status_code == 200 and events[-1]["type"] == "transcript.text.done"
     assert transcribe(server, b"not audio at all").status_code == 400
     assert transcribe(server, fox_bytes, model="no-such-model").status_code == 404
     streamed, bad, unknown = new_request_lines(server, before + 1, 3)
-    assert streamed.group(4) == "ok" and streamed.group(8) == "true" and streamed.group(1) != request_id
+    assert streamed.group(4) == "ok" and streamed.group(8) == "true"
+    assert streamed.group(1) == events[0]["id"] != request_id  # logged under the id the client saw
     assert (bad.group(4), bad.group(5), bad.group(7)) == ("400", "-", "-")
     assert unknown.group(4) == "404"
     log = server.log_path.read_text()

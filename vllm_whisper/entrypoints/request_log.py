@@ -1,7 +1,7 @@
 """One INFO line per finished request on the `vllm_whisper.requests` logger: uploads (transcriptions, translations)
 and realtime turns. The line carries ids, outcome and timings only, never audio, text, prompts or keys:
 
-    Finished request transcribe-3f9c...: model=whisper-1 task=transcribe status=ok audio_s=3.12 latency_s=0.841
+    Finished request trsc-3f9c...: model=tiny.en task=transcribe status=ok audio_s=3.12 latency_s=0.841
     rtfx=3.71 streamed=false
 
 status is `ok`, the HTTP status of an error answer (`400`, `404`, `429`, `503`, ...), `aborted` (the client left) or
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -22,9 +22,10 @@ REQUEST_LOGGER = logging.getLogger("vllm_whisper.requests")
 STATUS_OF_REASON = {"stop": "ok", "length": "ok", "abort": "aborted", "error": "error"}
 
 
-def new_request_id(kind: str) -> str:
-    """A request id unique across restarts and replicas (vLLM's style: a kind prefix and random hex)."""
-    return f"{kind}-{secrets.token_hex(8)}"
+def new_request_id(prefix: str) -> str:
+    """A request id unique across restarts and replicas, as vLLM makes them (`trsc-` + random hex; a stream's
+    chunks carry the same kind of id)."""
+    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 @dataclass

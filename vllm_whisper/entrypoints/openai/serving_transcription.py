@@ -66,7 +66,7 @@ class TranscriptionService:
 
     async def handle(self, request: Request, task: str) -> Response:
         """Serve one upload; however it ends, it gets one line on the request log (entrypoints/request_log.py)."""
-        record = RequestRecord(new_request_id(task), self.served_names[0], task)
+        record = RequestRecord(new_request_id("trsl" if task == "translate" else "trsc"), self.served_names[0], task)
         try:
             return await self._handle(request, task, record)
         except OpenAIError as exc:
@@ -106,6 +106,7 @@ class TranscriptionService:
             record.audio_seconds = len(audio) / 16000
             if form_request.stream:
                 chunks = sse.StreamChunks.start(task, form_request.model or self.served_names[0])
+                request_id = record.request_id = chunks.id  # logged under the id its client sees
                 record.streamed = True
                 events = self._sse(stream_transcription(self.engine, audio, params, request_id), form_request,
                                    chunks, timer, release)
