@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EngineSetup:
+    """The engine's fixed facts, as an operator reads them at start-up."""
+
     device: str  # cpu | cuda
     dtype: str  # float32, float16, bfloat16
     attention_backend: str  # torch | triton
@@ -30,6 +32,7 @@ def _gib(tensors: list[Tensor]) -> float:
 
 
 def engine_setup(engine: "LLMEngine") -> EngineSetup:
+    """Read the facts off a built engine (its pools and caches are sized once, at construction)."""
     model, runner = engine.loaded.model, engine.runner
     cache, graphs = runner.cache, runner.graphs
     return EngineSetup(
