@@ -19,6 +19,7 @@ from torch import Tensor
 
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.alignment import AlignmentParams
+from vllm_whisper.engine.iteration_stats import IterationStats
 from vllm_whisper.engine.llm_engine import EngineStats, LLMEngine
 from vllm_whisper.engine.request import RequestOutput
 from vllm_whisper.engine.sampler import SamplingParams
@@ -26,6 +27,7 @@ from vllm_whisper.model_executor.loader import LoadedModel
 from vllm_whisper.tokenizer import WhisperTokenizer
 
 logger = logging.getLogger(__name__)
+StatsListener = Callable[[EngineStats, IterationStats], None]
 
 
 class EngineDeadError(RuntimeError):
@@ -60,6 +62,7 @@ class AsyncLLMEngine:
         self._stopped = False
         self._error: BaseException | None = None
         self._stats = engine.stats
+        self._stats_listeners: list[StatsListener] = []
         self._thread = threading.Thread(target=self._run, name="vllm-whisper-engine", daemon=True)
         self._thread.start()
 
@@ -146,6 +149,16 @@ class AsyncLLMEngine:
         """The engine's counters as of its last step (read without stopping the loop)."""
         return self._stats
 
+    def add_stats_listener(self, listener: StatsListener) -> None:
+        """Call `listener(stats, iteration)` on the engine thread after every step, before the step's outputs reach
+        their streams (so a client that has its result also finds it in the metrics). It must be quick and
+        thread-safe; one that raises is logged and dropped, never stopping the engine."""
+        self._stats_listeners.append(listener)
+        self._send(self._take_iteration_stats)  # start recording before the next step (drops nothing measured)
+
+    def _take_iteration_stats(self) -> None:
+        self.engine.take_iteration_stats()
+
     async def wait_idle(self) -> EngineStats:
         """Wait until all commands sent so far have been applied; return fresh stats."""
         loop = asyncio.get_running_loop()
@@ -197,6 +210,8 @@ class AsyncLLMEngine:
         self.engine = LLMEngine(loaded, config)
         self.restarts += 1
         self._stats = self.engine.stats
+        if self._stats_listeners:
+            self._take_iteration_stats()  # the listeners see the new engine's first step too
         logger.warning("engine restarted (%d restart(s) so far)", self.restarts)
 
     def _loop(self) -> None:
@@ -209,17 +224,29 @@ class AsyncLLMEngine:
                 self._wake.clear()
                 continue
             outputs = self.engine.step()
+            self._stats = self.engine.stats
+            self._publish_stats()
             for output in outputs:
                 stream = self._streams.get(output.request_id)
                 if stream is not None:
                     stream.put(output)
                     if output.finished:
                         self._streams.pop(output.request_id, None)
-            self._stats = self.engine.stats
             if not outputs and self.engine.is_stalled:
                 # Waiting for a caller to release a retained window: sleep until a command arrives.
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
+
+    def _publish_stats(self) -> None:
+        if not self._stats_listeners:
+            return
+        iteration = self.engine.take_iteration_stats()
+        for listener in list(self._stats_listeners):
+            try:
+                listener(self._stats, iteration)
+            except Exception:  # a broken metrics consumer must not stop the engine
+                logger.exception("a stats listener failed; it gets no further engine stats")
+                self._stats_listeners.remove(listener)
 
     def _drain_commands(self) -> None:
         while True:

@@ -25,6 +25,7 @@ from vllm_whisper.engine.alignment import AlignmentParams, AlignmentRequest
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, plan_pools
 from vllm_whisper.engine.model_runner import ModelRunner
 from vllm_whisper.engine.beam_search import beam_update, finalize
+from vllm_whisper.engine.iteration_stats import IterationStats
 from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus, Sequence
 from vllm_whisper.engine.sampler import SamplerOutput, SamplingParams, sample
 from vllm_whisper.engine.scheduler import Scheduler, blocks_for
@@ -68,6 +69,7 @@ class EngineStats:
     steps: int
     failed_requests: int = 0  # requests the engine finished with an error (fault containment)
     alignment_passes: int = 0  # windows aligned for word timestamps (none re-encoded: they read the slot)
+    prompt_tokens: int = 0  # decoder prompt tokens of admitted windows (each window once, not its recomputes)
 
 
 class LLMEngine:
@@ -90,8 +92,11 @@ class LLMEngine:
         self.failed_requests = 0
         self.alignment_requests: dict[str, AlignmentRequest] = {}
         self.generated_tokens = 0
+        self.prompt_tokens = 0
         self.audio_seconds_processed = 0.0
         self.steps = 0
+        self._timings: IterationStats | None = None  # recorded only once a consumer takes them
+        self._taken_counters = (0, 0, 0)  # prompt tokens, generated tokens, preemptions at the last take
 
     # --- memory -----------------------------------------------------------------------------------
     def _pool_sizes(self) -> tuple[int, int]:
@@ -247,6 +252,7 @@ class LLMEngine:
             # retained window still holds; it comes back when its caller releases the window. Wait, never fail.
             return []
         self.steps += 1
+        self._record_admissions(plan.prefill)
         outputs: list[RequestOutput] = []
         if plan.encode:
             outputs += self._encode_contained(plan.encode)
@@ -379,8 +385,7 @@ class LLMEngine:
                 continue
             if no_speech is not None and math.isnan(request.no_speech_prob):
                 request.no_speech_prob = no_speech
-            if request.first_token_time is None:
-                request.first_token_time = now
+            self._record_token_time(request, now)
         if decision.sampled is not None:
             for row, token, logprob in zip(decision.plain_rows, decision.sampled.tokens, decision.sampled.logprobs):
                 outputs.append(self._advance(seqs[row], token, logprob))
@@ -430,6 +435,38 @@ class LLMEngine:
         return [RequestOutput(request.request_id, tokens, tokens, True, status.value, score, request.no_speech_prob)]
 
     # --- observability ----------------------------------------------------------------------------
+    def _record_admissions(self, seqs: list[Sequence]) -> None:
+        """Count each window's prompt and queue time once, at its first admission (not after a preemption)."""
+        now = time.monotonic()
+        for seq in seqs:
+            request = seq.request
+            if request.scheduled_time is not None:
+                continue
+            request.scheduled_time = now
+            self.prompt_tokens += len(request.prompt)
+            if self._timings is not None:
+                self._timings.queue_times.append(now - request.arrival_time)
+
+    def _record_token_time(self, request: Request, now: float) -> None:
+        """Note the step that gave the request a token; the gap since its previous one is an inter-token latency
+        (a request's beams share one step)."""
+        if request.first_token_time is None:
+            request.first_token_time = now
+        elif self._timings is not None and request.last_token_time != now:
+            self._timings.inter_token_latencies.append(now - request.last_token_time)
+        request.last_token_time = now
+
+    def take_iteration_stats(self) -> IterationStats:
+        """What the steps since the last call measured. The first call returns nothing and starts recording the
+        per-window timings, so offline use (which never calls this) keeps no growing lists."""
+        counters = (self.prompt_tokens, self.generated_tokens, self.scheduler.num_preemptions)
+        taken = self._timings or IterationStats()
+        if self._timings is not None:
+            taken.prompt_tokens, taken.generation_tokens, taken.preemptions = (
+                now - before for now, before in zip(counters, self._taken_counters))
+        self._timings, self._taken_counters = IterationStats(), counters
+        return taken
+
     @property
     def stats(self) -> EngineStats:
         blocks, slots = self.block_pool, self.slot_pool
@@ -451,4 +488,5 @@ class LLMEngine:
             steps=self.steps,
             failed_requests=self.failed_requests,
             alignment_passes=counters.alignment_passes,
+            prompt_tokens=self.prompt_tokens,
         )

@@ -69,6 +69,8 @@ class Request:
     generator: torch.Generator | None = None
     priority: int = 0  # lower is admitted first (vLLM's convention); equal priorities keep arrival order
     first_token_time: float | None = None
+    scheduled_time: float | None = None  # first admission (queue time = scheduled_time - arrival_time)
+    last_token_time: float | None = None  # the step that produced its latest token (inter-token latency)
     seqs: list[Sequence] = field(default_factory=list)
     finished_beams: dict[tuple[int, ...], float] = field(default_factory=dict)  # ended with end-of-text
     beam_steps: int = 0

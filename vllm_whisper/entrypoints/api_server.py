@@ -25,15 +25,19 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from vllm_whisper import __version__
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.engine.llm_engine import LLMEngine
+from vllm_whisper.engine.setup_info import EngineSetup, engine_setup
 from vllm_whisper.engine_args import EngineArgs
 from vllm_whisper.entrypoints.body_limits import BodyLimitMiddleware, BodyReadTimeout, BodyTooLarge
 from vllm_whisper.entrypoints.drain import Drain, run_draining
+from vllm_whisper.entrypoints.http_metrics import HTTPResponseCounter
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.openai.errors import OpenAIError
 from vllm_whisper.entrypoints.openai.realtime_base import check_websocket_key
 from vllm_whisper.entrypoints.openai.realtime_endpoint import OPENAI_INTENT, RealtimeEndpoint
 from vllm_whisper.entrypoints.openai.serving_transcription import ServingLimits, TranscriptionService
 from vllm_whisper.entrypoints.ray_serve.options import add_ray_arguments, check_ray_flags
+from vllm_whisper.entrypoints.startup_log import startup_line
+from vllm_whisper.entrypoints.stat_logger import EngineStatLogger
 from vllm_whisper.model_executor.loader import LoadedModel
 
 logger = logging.getLogger("vllm_whisper.api_server")
@@ -54,6 +58,8 @@ class ServerState:
     max_realtime_sessions: int = 32
     realtime_sessions: int = 0  # open realtime WebSockets (each also counts as one request in progress)
     protect_metrics: bool = False  # /metrics needs the API key too
+    stat_logger: EngineStatLogger | None = None  # the periodic engine line; None with --disable-log-stats
+    setup: EngineSetup | None = None  # what the engine was built with (the start-up line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +101,18 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-origins", default=None,
                         help='CORS origins: a JSON list (\'["https://a.example"]\') or a comma-separated list')
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument("--log-stats-interval", type=_positive_seconds, default=10.0,
+                        help="seconds between the periodic engine stats lines (logged while the engine has work)")
+    parser.add_argument("--disable-log-stats", action="store_true",
+                        help="no periodic engine stats lines (/metrics is still served)")
     add_ray_arguments(parser)
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return seconds
 
 
 def create_state(args: argparse.Namespace) -> ServerState:
@@ -107,6 +124,8 @@ def create_state(args: argparse.Namespace) -> ServerState:
     engine = AsyncLLMEngine(llm_engine, restart_on_failure=args.restart_engine_on_failure)
     served = engine_args.served_names
     metrics = ServerMetrics.create(served[0])
+    engine.add_stats_listener(metrics.record_iteration)
+    stat_logger = None if args.disable_log_stats else EngineStatLogger(engine, args.log_stats_interval).start()
     limits = ServingLimits(
         max_audio_bytes=int(args.max_audio_filesize_mb * 2**20),
         max_concurrent_requests=config.max_num_seqs + args.max_waiting_requests,
@@ -117,7 +136,8 @@ def create_state(args: argparse.Namespace) -> ServerState:
     drain = Drain(timeout=args.shutdown_timeout)
     service = TranscriptionService(engine, served, limits, metrics, drain)
     return ServerState(loaded, engine, service, metrics, served, args.api_key, int(time.time()), drain,
-                       args.max_realtime_sessions, protect_metrics=args.protect_metrics)
+                       args.max_realtime_sessions, protect_metrics=args.protect_metrics, stat_logger=stat_logger,
+                       setup=engine_setup(llm_engine))
 
 
 def warm_up(engine: LLMEngine) -> None:
@@ -238,6 +258,8 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
         state.metrics.update_engine(state.engine.stats)
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    # Outermost: counts what the client receives, including the other middlewares' 401 / 503 answers.
+    app.add_middleware(HTTPResponseCounter, counter=state.metrics.http_responses, routes=app.router.routes)
     return app
 
 
@@ -331,12 +353,14 @@ def run_server(args: argparse.Namespace) -> None:
     origins = parse_origins(args.allowed_origins)
     state = create_state(args)
     app = build_app(state, origins)
-    logger.info("serving %s as %s on http://%s:%d", args.model, ", ".join(state.served_names), args.host, args.port)
+    logger.info("%s", startup_line(state.setup, args.quantization, state.served_names, args.host, args.port))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout, limit_concurrency=args.max_connections)
     try:
         run_draining(config, state.drain)
     finally:
+        if state.stat_logger is not None:
+            state.stat_logger.stop()
         state.engine.shutdown()
 
 

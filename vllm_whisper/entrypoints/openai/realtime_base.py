@@ -14,6 +14,7 @@ import logging
 import secrets
 import uuid
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from typing import Any, Awaitable, Callable
 
 import numpy as np
@@ -21,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from vllm_whisper.audio.live import LiveAudioBuffer, LiveAudioError
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
+from vllm_whisper.entrypoints.request_log import RequestRecord, logged
 from vllm_whisper.params import TranscriptionParams, fallback_temperatures
 from vllm_whisper.transcribe.incremental import LocalAgreement
 from vllm_whisper.transcribe.stream import TranscriptionFinished, stream_transcription
@@ -236,10 +238,13 @@ class RealtimeSessionBase(ABC):
         # live sessions cannot starve the server's other work; an utterance's final pass has normal priority.
         priority = 0 if final else PARTIAL_PASS_PRIORITY
         request_id = f"rt-{self.session_id}-{tag}"
-        async for event in stream_transcription(self.engine, audio, params, request_id, priority):
-            if isinstance(event, TranscriptionFinished):
-                return event.result.text
-        return ""
+        turn = RequestRecord(request_id, self.served_names[0], "realtime", audio_seconds=audio.size / 16000,
+                             streamed=True)
+        with logged(turn) if final else nullcontext():  # a turn's final pass is its request-log line
+            async for event in stream_transcription(self.engine, audio, params, request_id, priority):
+                if isinstance(event, TranscriptionFinished):
+                    return event.result.text
+            return ""
 
 
 def check_websocket_key(websocket: WebSocket, api_key: str | None) -> bool:

@@ -8,9 +8,7 @@ Every client mistake is an OpenAIError raised before the engine sees anything; a
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import time
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -27,6 +25,7 @@ from vllm_whisper.entrypoints.drain import Drain, ServerDraining
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.openai.errors import OpenAIError, bad_request
 from vllm_whisper.entrypoints.openai.protocol import TranscriptionRequest, parse_form
+from vllm_whisper.entrypoints.request_log import STATUS_OF_REASON, RequestRecord, new_request_id
 from vllm_whisper.languages import LANGUAGES
 from vllm_whisper.outputs import sse
 from vllm_whisper.outputs.formats import render
@@ -64,10 +63,23 @@ class TranscriptionService:
         self.limits = limits
         self.metrics = metrics
         self.in_progress = 0
-        self._ids = itertools.count()
 
     async def handle(self, request: Request, task: str) -> Response:
-        arrival = time.monotonic()
+        """Serve one upload; however it ends, it gets one line on the request log (entrypoints/request_log.py)."""
+        record = RequestRecord(new_request_id("trsl" if task == "translate" else "trsc"), self.served_names[0], task)
+        try:
+            return await self._handle(request, task, record)
+        except OpenAIError as exc:
+            record.finish(str(exc.status))
+            raise
+        except (ClientDisconnect, asyncio.CancelledError):
+            record.finish("aborted")
+            raise
+        except Exception:
+            record.finish("500")
+            raise
+
+    async def _handle(self, request: Request, task: str, record: RequestRecord) -> Response:
         self._check_declared_size(request)
         form_request, data, filename = await self._read_form(request)
         params = self._params(form_request, task)
@@ -90,20 +102,22 @@ class TranscriptionService:
 
         try:
             audio = await self._decode(data, filename)
-            request_id = f"{task}-{next(self._ids)}"
-            timer = _RequestTimer(arrival, len(audio) / 16000)
+            request_id, timer = record.request_id, record
+            record.audio_seconds = len(audio) / 16000
             if form_request.stream:
                 chunks = sse.StreamChunks.start(task, form_request.model or self.served_names[0])
+                request_id = record.request_id = chunks.id  # logged under the id its client sees
+                record.streamed = True
                 events = self._sse(stream_transcription(self.engine, audio, params, request_id), form_request,
                                    chunks, timer, release)
                 response = StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(release),
                                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
                 streaming = True
                 return response
-            result, tokens = await self._run_to_end(request, audio, params, request_id, timer)
+            result, _ = await self._run_to_end(request, audio, params, request_id, timer)
             body, media_type = render(result, form_request.response_format, task=task,
                                       timestamp_granularities=form_request.timestamp_granularities)
-            self.metrics.observe_request(result.duration, tokens, timer.first_token, timer.elapsed(), "stop")
+            self._request_ended(timer, "stop", result.duration)
             if isinstance(body, dict):
                 return JSONResponse(body, media_type=media_type)
             return Response(body, media_type=media_type)
@@ -177,7 +191,7 @@ class TranscriptionService:
 
     # --- output -----------------------------------------------------------------------------------
     async def _run_to_end(self, request: Request, audio, params: TranscriptionParams, request_id: str,
-                          timer: "_RequestTimer") -> tuple[TranscriptionResult, int]:
+                          timer: RequestRecord) -> tuple[TranscriptionResult, int]:
         """Run the file to the end, cancelling it if the client disconnects while it waits."""
         async def consume() -> tuple[TranscriptionResult, int]:
             async with aclosing(stream_transcription(self.engine, audio, params, request_id)) as events, \
@@ -196,7 +210,7 @@ class TranscriptionService:
             if work not in done:
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
-                self.metrics.observe_request(0.0, 0, None, timer.elapsed(), "abort")
+                self._request_ended(timer, "abort")
                 raise ClientDisconnect()
             return self._engine_result(work)
         finally:
@@ -214,7 +228,7 @@ class TranscriptionService:
             raise bad_request(str(exc)) from exc
 
     async def _sse(self, events: AsyncIterator, form_request: TranscriptionRequest, chunks: sse.StreamChunks,
-                   timer: "_RequestTimer", release) -> AsyncIterator[str]:
+                   timer: RequestRecord, release) -> AsyncIterator[str]:
         """The request's events in the shape both OpenAI's and vLLM's clients read (see outputs/sse.py), then
         [DONE], also after an error event."""
         fmt = form_request.response_format
@@ -254,22 +268,13 @@ class TranscriptionService:
             yield sse.error_event(str(exc))
         finally:
             release()
-            self.metrics.observe_request(duration, tokens, timer.first_token, timer.elapsed(), reason)
+            self._request_ended(timer, reason, duration)
         yield sse.DONE
 
-
-@dataclass
-class _RequestTimer:
-    arrival: float
-    audio_seconds: float
-    first_token: float | None = None
-
-    def first_text(self) -> None:
-        if self.first_token is None:
-            self.first_token = time.monotonic() - self.arrival
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.arrival
+    def _request_ended(self, record: RequestRecord, reason: str, audio_seconds: float = 0.0) -> None:
+        """A request the engine worked on ended (reason: stop, abort or error): its metrics and its log line."""
+        self.metrics.observe_request(audio_seconds, record.first_token, record.elapsed(), reason)
+        record.finish(STATUS_OF_REASON[reason])
 
 
 async def _wait_for_disconnect(request: Request) -> None:
