@@ -25,17 +25,19 @@ def test_console_script_is_installed():
 
 
 def test_jsonl_one_line_per_input_and_errors_reported(english_clips, tmp_path):
-    missing = tmp_path / "missing.wav"
-    done = cli("transcribe", str(english_clips[0].path), str(missing), str(english_clips[1].path),
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF this is not audio" * 10)
+    done = cli("transcribe", str(english_clips[0].path), str(broken), str(english_clips[1].path),
                "--model", "tiny.en", "--output-format", "jsonl")
     assert done.returncode == 1  # one input failed; the others were still transcribed
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [line["file"] for line in lines] == [str(english_clips[0].path), str(missing), str(english_clips[1].path)]
-    for line, clip in ((lines[0], english_clips[0]), (lines[2], english_clips[1])):
+    lines = {json.loads(line)["file"]: json.loads(line) for line in done.stdout.splitlines()}  # completion order
+    assert set(lines) == {str(english_clips[0].path), str(broken), str(english_clips[1].path)}
+    for clip in english_clips[:2]:
+        line = lines[str(clip.path)]
         assert set(line) == {"file", "text", "language", "duration"}
         assert line["language"] == "en" and 1.0 < line["duration"] < 6.0
         assert clip.text.split()[-1].strip(".").lower() in line["text"].lower()
-    assert "no such audio file" in lines[1]["error"] and "no such audio file" in done.stderr
+    assert set(lines[str(broken)]) == {"file", "error"} and "broken.wav" in done.stderr
 
 
 def test_text_srt_and_vtt(fox_clip):
