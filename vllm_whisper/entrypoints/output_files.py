@@ -25,11 +25,11 @@ def output_paths(files: Sequence[str], output_dir: Path, output_format: str) -> 
     for file, path in zip(files, paths):
         if path in first_input:
             other = first_input[path]
-            same = os.path.abspath(other) == os.path.abspath(file)
-            why = f"{file} is given twice" if same else f"{other} and {file} would both be written to {path}"
-            raise UsageError(f"{why}; output files are named after their input's name, so transcribe inputs of the "
-                             "same name in separate runs or into different --output-dir folders (nothing was "
-                             "transcribed)")
+            if os.path.abspath(other) == os.path.abspath(file):
+                raise UsageError(f"{file} is given twice; give each input once (nothing was transcribed)")
+            raise UsageError(f"{other} and {file} would both be written to {path}: output files are named after "
+                             "their input's name, so transcribe inputs of the same name in separate runs or into "
+                             "different --output-dir folders (nothing was transcribed)")
         first_input[path] = file
     return paths
 

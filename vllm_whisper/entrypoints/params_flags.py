@@ -45,16 +45,16 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def add_params_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per TranscriptionParams field to `parser` (dest = the field's name)."""
+def add_params_arguments(parser: argparse.ArgumentParser, options: type = TranscriptionParams) -> None:
+    """Add one flag per field of the options dataclass (TranscriptionParams) to `parser` (dest = field name)."""
     group = parser.add_argument_group(
-        "transcription options", "TranscriptionParams (vllm_whisper/params.py): one flag per field")
-    hints = typing.get_type_hints(TranscriptionParams)
-    docs = field_docs(TranscriptionParams)
-    for field in dataclasses.fields(TranscriptionParams):
+        "transcription options", f"{options.__name__} ({options.__module__}): one flag per field")
+    hints = typing.get_type_hints(options)
+    docs = field_docs(options)
+    for field in dataclasses.fields(options):
         kind = flag_type(field.name, hints[field.name])
         default = _field_default(field)
-        help_text = docs.get(field.name, f"TranscriptionParams.{field.name}").replace("%", "%%")
+        help_text = docs.get(field.name, f"{options.__name__}.{field.name}").replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": field.name, "help": help_text}
         if field.name in ENGINE_DEFAULTED:
             kwargs["help"] += f" (default: {ENGINE_DEFAULTED[field.name]})"
@@ -98,7 +98,7 @@ def flag_type(name: str, annotation: Any) -> FlagType:
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         optional = len(members) < len(typing.get_args(annotation))
         if len(members) != 1:
-            raise TypeError(f"TranscriptionParams.{name}: a union of {members} has no command-line form; "
+            raise TypeError(f"option {name}: a union of {members} has no command-line form; "
                             "use one type (optionally | None)")
         annotation = members[0]
         origin = typing.get_origin(annotation)
@@ -113,7 +113,7 @@ def flag_type(name: str, annotation: Any) -> FlagType:
     elif annotation in (int, float, str, bool):
         base = annotation
     else:
-        raise TypeError(f"TranscriptionParams.{name}: type {annotation!r} has no command-line form; use int, "
+        raise TypeError(f"option {name}: type {annotation!r} has no command-line form; use int, "
                         "float, str, bool, a Literal, a tuple of one of them, or one of them | None")
     return FlagType(base, optional, sequence)
 
