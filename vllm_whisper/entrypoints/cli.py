@@ -123,13 +123,14 @@ def transcribe(args: argparse.Namespace) -> int:
                 writer.result(index, outcome)
                 progress.advance(outcome.duration)
     except KeyboardInterrupt:
-        results.close()
         progress.close()
         return fail(f"interrupted: {writer.written} of {len(files)} results were written and are complete; the "
                     "others were not", INTERRUPTED_EXIT)
     except BrokenPipeError:  # e.g. `| head -1`: the reader is gone; stop quietly, as other commands do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        results.close()  # aborts whatever is still on the engine
     progress.close()
     return 1 if writer.failed else 0
 

@@ -70,13 +70,12 @@ class LLM:
         """
         if errors not in ("raise", "yield"):
             raise ValueError(f"errors must be 'raise' or 'yield', got {errors!r}")
-        params = self._params(params, options)
+        params = self._params(params, options)  # checked now, not at the first next()
         limit = max_files_in_flight if max_files_in_flight is not None else self.engine.config.max_num_seqs
+        if limit < 1:
+            raise ValueError(f"max_files_in_flight must be at least 1, got {limit}")
         decoded = ((index, _decode_or_error(item), params) for index, item in enumerate(_as_iterable(items)))
-        for index, outcome in iter_batch(self.engine, decoded, max_active_files=limit):
-            if isinstance(outcome, Exception) and errors == "raise":
-                raise outcome
-            yield index, outcome
+        return _raising(iter_batch(self.engine, decoded, max_active_files=limit), errors == "raise")
 
     def _params(self, params: TranscriptionParams | None, options: dict) -> TranscriptionParams:
         """The given params, or TranscriptionParams built from keyword options with the engine's token budget."""
@@ -143,6 +142,18 @@ def _as_list(items) -> list:
 def _as_iterable(items) -> Iterable:
     """One input as a one-item list; an iterable of inputs as it is (not materialised: it may be a generator)."""
     return [items] if _is_single(items) else items
+
+
+def _raising(outcomes: Iterator[tuple[int, TranscriptionResult | Exception]],
+             raise_errors: bool) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
+    """Pass the outcomes on, raising an input's error instead when asked; closing it aborts the work in flight."""
+    try:
+        for index, outcome in outcomes:
+            if raise_errors and isinstance(outcome, Exception):
+                raise outcome
+            yield index, outcome
+    finally:
+        outcomes.close()
 
 
 def _decode_or_error(item: AudioSource) -> np.ndarray | AudioDecodeError:
