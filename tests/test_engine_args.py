@@ -146,11 +146,11 @@ def test_llm_and_cli_budget_tokens_from_max_model_len(monkeypatch, fox_clip):
     class Stop(Exception):
         pass
 
-    def stop(engine, audios, params):
-        seen.append(params)
+    def stop(engine, inputs, max_active_files):  # the CLI streams through LLM.transcribe_iter
+        seen.append(next(iter(inputs))[2])
         raise Stop
 
-    monkeypatch.setattr(llm_module, "transcribe_batch", stop)
+    monkeypatch.setattr(llm_module, "iter_batch", stop)
     with pytest.raises(Stop):
         cli.main(["transcribe", str(fox_clip.path), "--max-model-len", "100", "--kv-cache-space", "0.25"])
     assert seen[-1].max_new_tokens == 50

@@ -6,11 +6,21 @@ and back (entrypoints/openai/). Flags follow vLLM's names where the concept is t
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    # `python -m vllm_whisper.entrypoints.api_server ...` runs as `vllm-whisper serve ...`: the command line is
+    # checked and the port bound before the heavy imports below, so a mistake (a busy port, a bad option, a
+    # missing package) fails within a second, in one line.
+    from vllm_whisper.entrypoints.cli import serve_main
+
+    sys.exit(serve_main(sys.argv[1:], prog="python -m vllm_whisper.entrypoints.api_server"))
+
 import argparse
 import json
 import logging
-import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -28,14 +38,17 @@ from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.setup_info import EngineSetup, engine_setup
 from vllm_whisper.engine_args import EngineArgs
 from vllm_whisper.entrypoints.body_limits import BodyLimitMiddleware, BodyReadTimeout, BodyTooLarge
+from vllm_whisper.entrypoints.cli_errors import UsageError
 from vllm_whisper.entrypoints.drain import Drain, run_draining
 from vllm_whisper.entrypoints.http_metrics import HTTPResponseCounter
+from vllm_whisper.entrypoints.listen_socket import bind_server_socket
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.openai.errors import OpenAIError
 from vllm_whisper.entrypoints.openai.realtime_base import check_websocket_key
 from vllm_whisper.entrypoints.openai.realtime_endpoint import OPENAI_INTENT, RealtimeEndpoint
 from vllm_whisper.entrypoints.openai.serving_transcription import ServingLimits, TranscriptionService
-from vllm_whisper.entrypoints.ray_serve.options import add_ray_arguments, check_ray_flags
+from vllm_whisper.entrypoints.ray_serve.options import check_ray_flags
+from vllm_whisper.entrypoints.server_args import add_server_arguments, build_server_parser  # noqa: F401 (re-export)
 from vllm_whisper.entrypoints.startup_log import startup_line
 from vllm_whisper.entrypoints.stat_logger import EngineStatLogger
 from vllm_whisper.model_executor.loader import LoadedModel
@@ -63,56 +76,7 @@ class ServerState:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="vllm-whisper OpenAI-compatible speech-to-text server")
-    add_server_arguments(parser)
-    return parser
-
-
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """The engine flags (EngineArgs, shared with every entry point), then the server-only flags."""
-    EngineArgs.add_cli_args(parser)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"),
-                        help="require `Authorization: Bearer KEY` on /v1 routes (or set VLLM_API_KEY)")
-    parser.add_argument("--max-audio-filesize-mb", type=float, default=25.0)
-    parser.add_argument("--max-audio-duration", type=float, default=7200.0,
-                        help="longest decoded audio accepted, in seconds (checked while decoding, before resampling; "
-                             "longer uploads get a 400 with code audio_too_long)")
-    parser.add_argument("--upload-read-timeout", type=float, default=30.0,
-                        help="seconds a client may pause inside an upload body before it gets a 408")
-    parser.add_argument("--max-connections", type=int, default=2048,
-                        help="open connections served at once; beyond them new ones get a 503 from uvicorn")
-    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
-                        help="on SIGTERM, seconds running requests and streams get to finish before they are ended "
-                             "with a final error event (new requests are refused meanwhile)")
-    parser.add_argument("--restart-engine-on-failure", action="store_true",
-                        help="when the engine thread fails outside any one request, fail the requests in flight and "
-                             "start a fresh engine on the loaded model (default: stay up answering 503, so a "
-                             "supervisor restarts the process)")
-    parser.add_argument("--protect-metrics", action="store_true",
-                        help="require the --api-key on /metrics as well (it is open by default for Prometheus)")
-    parser.add_argument("--max-realtime-sessions", type=int, default=32,
-                        help="open realtime WebSocket sessions at once; beyond them a new one gets 429 (or close code "
-                             "1013 where the client cannot read a denial response). Each also counts toward "
-                             "--max-waiting-requests' admission limit")
-    parser.add_argument("--max-waiting-requests", type=int, default=256,
-                        help="requests accepted beyond --max-num-seqs before answering 429")
-    parser.add_argument("--allowed-origins", default=None,
-                        help='CORS origins: a JSON list (\'["https://a.example"]\') or a comma-separated list')
-    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    parser.add_argument("--log-stats-interval", type=_positive_seconds, default=10.0,
-                        help="seconds between the periodic engine stats lines (logged while the engine has work)")
-    parser.add_argument("--disable-log-stats", action="store_true",
-                        help="no periodic engine stats lines (/metrics is still served)")
-    add_ray_arguments(parser)
-
-
-def _positive_seconds(value: str) -> float:
-    seconds = float(value)
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
-    return seconds
+    return build_server_parser()
 
 
 def create_state(args: argparse.Namespace) -> ServerState:
@@ -340,24 +304,37 @@ def parse_origins(value: str | None) -> list[str] | None:
     return [o.strip() for o in value.split(",") if o.strip()]
 
 
-def run_server(args: argparse.Namespace) -> None:
+def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> None:
+    """Serve until SIGTERM / SIGINT on `sock` (bound to --host/--port here when not given). Bad options, a model
+    that cannot load or a busy port raise UsageError before anything is served."""
     import uvicorn
 
     check_ray_flags(args)
     if args.ray:  # replicas of this app on Ray Serve (entrypoints/ray_serve/)
         from vllm_whisper.entrypoints.ray_serve.launch import run_ray_server
 
+        if sock is not None:
+            sock.close()  # Serve's proxy binds --host/--port itself
         return run_ray_server(args)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    origins = parse_origins(args.allowed_origins)
-    state = create_state(args)
+    sock = sock if sock is not None else bind_server_socket(args.host, args.port)
+    try:
+        origins = parse_origins(args.allowed_origins)
+        state = create_state(args)
+    except ValueError as exc:  # a bad option, a model that cannot load, no GPU for --device cuda, ...
+        sock.close()
+        raise UsageError(str(exc)) from exc
+    except BaseException:
+        sock.close()
+        raise
     app = build_app(state, origins)
-    logger.info("%s", startup_line(state.setup, args.quantization, state.served_names, args.host, args.port))
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+    host, port = sock.getsockname()[:2]
+    logger.info("%s", startup_line(state.setup, args.quantization, state.served_names, host, port))
+    config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout, limit_concurrency=args.max_connections)
     try:
-        run_draining(config, state.drain)
+        run_draining(config, state.drain, sockets=[sock])
     finally:
         if state.stat_logger is not None:
             state.stat_logger.stop()
@@ -365,8 +342,6 @@ def run_server(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_server(build_parser().parse_args(argv))
+    from vllm_whisper.entrypoints.cli import serve_main
 
-
-if __name__ == "__main__":
-    main()
+    sys.exit(serve_main(sys.argv[1:] if argv is None else argv))

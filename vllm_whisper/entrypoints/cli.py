@@ -1,121 +1,178 @@
-"""The `vllm-whisper` command: `vllm-whisper transcribe FILE [FILE ...] --model tiny.en --output-format jsonl`."""
+"""The `vllm-whisper` command: `vllm-whisper transcribe FILE ... [options]` and `vllm-whisper serve [MODEL]`.
+
+`transcribe` streams: each input's result is printed (or written under --output-dir) the moment that input
+finishes, while the others keep decoding together in the same engine batches; inputs are decoded lazily (at most
+--max-files-in-flight at once), so any number of them runs in bounded memory. Errors the user can fix are one
+line on stderr with exit status 2; Ctrl-C keeps every result already written and exits 130.
+
+Only light modules are imported at the top, so --help, --version, option errors and a busy port answer at once,
+and a missing package is reported in one line instead of a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
-from vllm_whisper.audio.decode import AudioDecodeError
+from vllm_whisper import __version__
 from vllm_whisper.engine_args import EngineArgs
-from vllm_whisper.model_executor.errors import ModelLoadError
+from vllm_whisper.entrypoints.cli_errors import INTERRUPTED_EXIT, UsageError, fail, run_with_one_line_errors
+from vllm_whisper.entrypoints.help_format import DefaultsHelpFormatter
+from vllm_whisper.entrypoints.output_files import output_paths
+from vllm_whisper.entrypoints.params_flags import add_params_arguments, params_from_cli_args
+from vllm_whisper.entrypoints.progress import ProgressBar
+from vllm_whisper.entrypoints.server_args import add_server_arguments, build_server_parser, resolve_model_argument
 
 OUTPUT_FORMATS = ("jsonl", "json", "text", "srt", "vtt", "verbose_json", "tsv")
-EXTENSIONS = {"jsonl": "json", "text": "txt", "verbose_json": "json"}
+STDOUT_FORMATS_FOR_MANY = ("jsonl", "text")  # formats that can carry several inputs on stdout
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vllm-whisper", description="Whisper speech-to-text on vllm-whisper.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    tr = commands.add_parser("transcribe", help="transcribe or translate audio files")
+    parser = argparse.ArgumentParser(prog="vllm-whisper", description="Whisper speech-to-text on vllm-whisper.",
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{transcribe,serve}")
+    tr = commands.add_parser(
+        "transcribe", help="transcribe or translate audio files", formatter_class=DefaultsHelpFormatter,
+        description="Transcribe audio files; each result is printed (or written) as soon as its file finishes. "
+                    "jsonl lines come in completion order and name their file; text keeps input order.")
     tr.add_argument("files", nargs="+", help="audio files (wav, flac, mp3, ogg, m4a, webm, mpeg, ...)")
-    tr.add_argument("--language", default=None, help="spoken language (ISO code or name); default: detect")
-    tr.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    tr.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl")
-    tr.add_argument("--output-dir", type=Path, default=None, help="write FILE.<format> here instead of stdout")
-    tr.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
-    tr.add_argument("--beam-size", type=int, default=1, help="beams for beam search (1: greedy)")
-    tr.add_argument("--word-timestamps", action="store_true",
-                    help="time every word (verbose_json lists them; subtitles snap to words)")
-    tr.add_argument("--chunking-strategy", choices=("sequential", "parallel"), default="sequential",
-                    help="sequential seek with the reference semantics, or 30 s pieces cut at pauses decoded at once")
-    tr.add_argument("--vad-filter", action="store_true", help="drop non-speech with silero-vad before decoding")
-    tr.add_argument("--initial-prompt", default=None, help="text that conditions the first window")
-    tr.add_argument("--temperature", type=float, default=0.0,
-                    help="first decoding temperature; failed windows retry hotter in steps of 0.2 up to 1.0")
-    tr.add_argument("--no-condition-on-previous-text", action="store_true",
-                    help="do not prompt each window with the previous text")
+    tr.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl",
+                    help="jsonl: one JSON line per input on stdout; the others render each input's transcript")
+    tr.add_argument("--output-dir", type=Path, default=None,
+                    help="write DIR/<input name>.<format> per input instead of stdout (inputs of the same name are "
+                         "refused before any work)")
+    tr.add_argument("--max-files-in-flight", type=int, default=None,
+                    help="inputs decoded and on the engine at once; the rest wait undecoded (default: --max-num-seqs)")
+    add_params_arguments(tr)
     EngineArgs.add_cli_args(tr)
-    serve = commands.add_parser("serve", help="run the OpenAI-compatible server (same flags as "
-                                "python -m vllm_whisper.entrypoints.api_server)")
-    from vllm_whisper.entrypoints.api_server import add_server_arguments
-
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible server (the same as python -m "
+                                "vllm_whisper.entrypoints.api_server)", formatter_class=DefaultsHelpFormatter,
+                                description="Serve MODEL on the OpenAI-compatible audio API.")
     add_server_arguments(serve)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_with_one_line_errors(lambda: _run(argv))
+
+
+def serve_main(argv: Sequence[str], prog: str | None = None) -> int:
+    """`python -m vllm_whisper.entrypoints.api_server ARGS`: the server's flags alone, run as `serve` is."""
+    argv = list(argv)
+    return run_with_one_line_errors(lambda: serve(build_server_parser(prog).parse_args(argv), argv))
+
+
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
+        return serve(args, argv[argv.index("serve") + 1:])
+    return transcribe(args)
+
+
+# --- serve -------------------------------------------------------------------------------------------------
+def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Check the options, bind the port (a busy one fails here, before anything loads), then start the server."""
+    from vllm_whisper.entrypoints.listen_socket import bind_server_socket
+
+    resolve_model_argument(args, argv)
+    _engine_args(args)
+    if getattr(args, "ray", False):  # Serve's proxy binds the port; the replicas load the model
         from vllm_whisper.entrypoints.api_server import run_server
 
         run_server(args)
         return 0
-    return _transcribe(args)
-
-
-def _transcribe(args: argparse.Namespace) -> int:
-    from vllm_whisper.entrypoints.llm import LLM
-    from vllm_whisper.outputs.formats import render_text
-    from vllm_whisper.params import TranscriptionParams, fallback_temperatures
-
-    fmt = args.output_format
-    if fmt not in ("jsonl", "text") and len(args.files) > 1 and args.output_dir is None:
-        print(f"error: {fmt} output of several files needs --output-dir", file=sys.stderr)
-        return 2
+    sock = bind_server_socket(args.host, args.port)
     try:
-        engine_args = EngineArgs.from_cli_args(args)
-        engine_config = engine_args.create_engine_config()
-        params = TranscriptionParams(
-            task=args.task, language=args.language, timestamps=not args.no_timestamps, beam_size=args.beam_size,
-            word_timestamps=args.word_timestamps, chunking_strategy=args.chunking_strategy,
-            vad_filter=args.vad_filter, initial_prompt=args.initial_prompt,
-            temperature=fallback_temperatures(args.temperature),
-            condition_on_previous_text=not args.no_condition_on_previous_text,
-            max_new_tokens=engine_config.default_max_new_tokens)
-        llm = LLM(engine_args=engine_args)
-        if params.task == "translate" and not llm.tokenizer.is_multilingual:
-            raise ValueError(f"The English-only model {args.model!r} cannot translate; use a multilingual model.")
-    except (ValueError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from vllm_whisper.audio.decode import load_audio
+        from vllm_whisper.entrypoints.api_server import run_server
+    except BaseException:
+        sock.close()
+        raise
+    run_server(args, sock=sock)
+    return 0
 
-    failures = 0
-    decoded: dict[int, object] = {}
-    errors: dict[int, str] = {}
-    for index, file in enumerate(args.files):
-        try:
-            decoded[index] = load_audio(file)
-        except AudioDecodeError as exc:
-            errors[index] = str(exc)
-    # All decodable files go to the engine together so their windows share batches.
-    order = sorted(decoded)
-    results = dict(zip(order, llm.transcribe([decoded[i] for i in order], params))) if order else {}
-    for index, file in enumerate(args.files):
-        if index in errors:
-            failures += 1
-            print(f"error: {errors[index]}", file=sys.stderr)
-            if fmt == "jsonl" and args.output_dir is None:
-                print(json.dumps({"file": file, "error": errors[index]}), flush=True)
-            continue
-        result = results[index]
-        if fmt == "jsonl":
-            body = json.dumps({
-                "file": file, "text": result.text, "language": result.language, "duration": result.duration,
-            }, ensure_ascii=False) + "\n"
-        else:
-            granularities = ("segment", "word") if args.word_timestamps else ("segment",)
-            body = render_text(result, fmt, task=args.task, timestamp_granularities=granularities)
-        if args.output_dir is not None:
-            args.output_dir.mkdir(parents=True, exist_ok=True)
-            extension = EXTENSIONS.get(fmt, fmt)
-            (args.output_dir / f"{Path(file).stem}.{extension}").write_text(body, encoding="utf-8")
-        else:
-            sys.stdout.write(body)
-            sys.stdout.flush()
-    return 1 if failures else 0
+
+# --- transcribe --------------------------------------------------------------------------------------------
+def transcribe(args: argparse.Namespace) -> int:
+    files: list[str] = args.files
+    fmt = args.output_format
+    if fmt not in STDOUT_FORMATS_FOR_MANY and len(files) > 1 and args.output_dir is None:
+        raise UsageError(f"{fmt} output of several files needs --output-dir (or use --output-format jsonl)")
+    if args.max_files_in_flight is not None and args.max_files_in_flight < 1:
+        raise UsageError(f"--max-files-in-flight must be at least 1, got {args.max_files_in_flight}")
+    engine_args = _engine_args(args)
+    try:
+        params = params_from_cli_args(args, engine_args.create_engine_config().default_max_new_tokens)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    _check_inputs_exist(files)
+    paths = output_paths(files, args.output_dir, fmt) if args.output_dir is not None else None
+    llm = _load(engine_args, params.task)  # the slow part, once every cheap check has passed
+
+    from vllm_whisper.entrypoints.result_writer import ResultWriter
+
+    writer = ResultWriter(files, fmt, params.task, params.word_timestamps, paths)
+    progress = ProgressBar(len(files))
+    results = llm.transcribe_iter(files, params, errors="yield", max_files_in_flight=args.max_files_in_flight)
+    try:
+        for index, outcome in results:
+            progress.clear()
+            if isinstance(outcome, Exception):
+                writer.error(index, outcome)
+                progress.advance()
+            else:
+                writer.result(index, outcome)
+                progress.advance(outcome.duration)
+    except KeyboardInterrupt:
+        progress.close()
+        return fail(f"interrupted: {writer.written} of {len(files)} results were written and are complete; the "
+                    "others were not", INTERRUPTED_EXIT)
+    except BrokenPipeError:  # e.g. `| head -1`: the reader is gone; stop quietly, as other commands do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        results.close()  # aborts whatever is still on the engine
+    progress.close()
+    return 1 if writer.failed else 0
+
+
+def _check_inputs_exist(files: Sequence[str]) -> None:
+    """Every input must be a readable file before any work starts (a typo fails at once, not after loading)."""
+    problems = []
+    for file in files:
+        path = Path(file)
+        if not path.exists():
+            problems.append(f"no such file: {file}")
+        elif path.is_dir():
+            problems.append(f"{file} is a directory (give the audio files in it, e.g. {file}/*.wav)")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UsageError(f"{problems[0]}{more}; check the paths (nothing was transcribed)")
+
+
+def _engine_args(args: argparse.Namespace) -> EngineArgs:
+    try:
+        return EngineArgs.from_cli_args(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _load(engine_args: EngineArgs, task: str):
+    """The LLM for these options; a model that cannot be loaded (or cannot translate) is a UsageError."""
+    from vllm_whisper.entrypoints.llm import LLM
+
+    try:
+        llm = LLM(engine_args=engine_args)
+    except ValueError as exc:  # ModelLoadError, a KV cache too small for one sequence, ...
+        raise UsageError(str(exc)) from exc
+    if task == "translate" and not llm.tokenizer.is_multilingual:
+        raise UsageError(f"The English-only model {engine_args.model!r} cannot translate; use a multilingual model "
+                         "such as base.")
+    return llm
 
 
 if __name__ == "__main__":

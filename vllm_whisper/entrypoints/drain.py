@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -92,11 +93,12 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run_draining(config: uvicorn.Config, drain: Drain) -> None:
-    """Serve until a signal, drain, and return normally (so the process can exit 0)."""
+def run_draining(config: uvicorn.Config, drain: Drain, sockets: list[socket.socket] | None = None) -> None:
+    """Serve (on `sockets` when given, already bound) until a signal, drain, and return normally (so the process
+    can exit 0)."""
     ignored = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        DrainingServer(config, drain).run()
+        DrainingServer(config, drain).run(sockets=sockets)
     finally:
         for sig, handler in ignored.items():
             signal.signal(sig, handler)

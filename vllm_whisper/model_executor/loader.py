@@ -19,6 +19,7 @@ from vllm_whisper.model_executor.ct2_format import read_ct2_model
 from vllm_whisper.model_executor.ct2_whisper import ct2_to_state_dict
 from vllm_whisper.model_executor.errors import ModelLoadError
 from vllm_whisper.model_executor.hf_format import is_hf_dir, read_hf_dir, read_json
+from vllm_whisper.model_executor.model_names import size_hint
 from vllm_whisper.model_executor.registry import resolve_model_class
 from vllm_whisper.model_executor.whisper import WhisperModel
 from vllm_whisper.model_executor.whisper_config import WhisperConfig
@@ -73,6 +74,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "auto
         check_quantization(quantization, device, resolve_dtype(dtype, device))
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc
+    check_device(device)
     if name in OFFLINE_ALIASES:
         directory = resolve_alias(name)
     else:
@@ -113,6 +115,20 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "auto
     return LoadedModel(name, directory, model, tokenizer, config, generation, fmt)
 
 
+def check_device(device: str | torch.device) -> None:
+    """ModelLoadError with the fix when the device asked for is not there (before any weights are read)."""
+    target = torch.device(device)
+    if target.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"device {str(device)!r} was asked for (--device), but torch sees no CUDA GPU on this "
+                             "machine; use --device cpu, or leave --device unset to use the CPU when there is no GPU")
+    if target.index is not None and target.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {str(device)!r} was asked for (--device), but this machine has "
+                             f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1})")
+
+
 def _ct2_parts(directory: Path) -> list[Path]:
     if (directory / "model.bin").is_file():
         return [directory / "model.bin"]
@@ -143,7 +159,9 @@ def _download_from_hub(repo_id: str) -> Path:
     if repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
         raise ModelLoadError(
             f"Model {repo_id!r} not found: it is not a local directory, an offline alias ({offline_names}) or a "
-            f"Hugging Face hub id (owner/name)."
+            f"Hugging Face hub id (owner/name). "
+            + (size_hint(repo_id) or "Give an alias, a path to a CTranslate2 or Hugging Face model directory "
+               "(e.g. ./whisper-small), or a hub id (e.g. openai/whisper-small).")
         )
     try:
         from huggingface_hub import snapshot_download

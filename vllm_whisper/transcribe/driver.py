@@ -44,6 +44,22 @@ class FileDriver:
         for file in self.files:
             self._submit_next(file)
 
+    def add(self, file: FileTranscription) -> None:
+        """Submit a file's first jobs while others run (the streaming batch admits files as others finish)."""
+        self._submit_next(file)
+
+    def has_work(self, file: FileTranscription) -> bool:
+        """Some job of the file is in flight; once advance() leaves none, the file is finished."""
+        return any(f is file for f, _ in self.in_flight.values())
+
+    def abort_file(self, file: FileTranscription) -> None:
+        """Abort the file's jobs in flight and release their windows (the file failed; the others go on)."""
+        for job_id, (owner, job) in list(self.in_flight.items()):
+            if owner is file:
+                self.engine.abort(job_id)
+                self.engine.release_window(job.window_key)
+                del self.in_flight[job_id]
+
     def complete(self, job_id: str, output: RequestOutput) -> None:
         """A job's engine request finished: feed its result to its file, then move on (record + advance)."""
         self.record(job_id, output)

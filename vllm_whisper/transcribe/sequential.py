@@ -108,7 +108,7 @@ class LongFormTranscription:
         if params.task == "translate" and not tok.is_multilingual:
             raise ValueError(f"The English-only model {loaded.name!r} cannot translate; use a multilingual model.")
         self.loaded, self.params, self.name = loaded, params, name
-        self.mel = log_mel_spectrogram(audio, loaded.config.num_mel_bins, padding=N_SAMPLES)
+        self._mel: torch.Tensor | None = None
         self.audio = audio
         self.content_frames = len(audio) // HOP_LENGTH
         self.duration = len(audio) / SAMPLE_RATE
@@ -129,6 +129,14 @@ class LongFormTranscription:
         self._prefix_tokens: list[int] = tok.encode(" " + params.prefix.strip()) if params.prefix else []
         self._last_speech_timestamp = 0.0
         self._failed_attempts: list[tuple[JobResult, float]] = []  # this window's decodes that needed a fallback
+
+    @property
+    def mel(self) -> torch.Tensor:
+        """The file's log-mel, padded with 30 s of silence; computed when the first window is decoded, so a file
+        whose windows are all silent (skipped) never pays for it."""
+        if self._mel is None:
+            self._mel = log_mel_spectrogram(self.audio, self.loaded.config.num_mel_bins, padding=N_SAMPLES)
+        return self._mel
 
     @property
     def done(self) -> bool:
