@@ -83,3 +83,16 @@ def test_invalid_sampling_params():
     for kwargs in ({"temperature": -1}, {"top_p": 0.0}, {"top_k": -2}, {"max_new_tokens": 0}):
         with pytest.raises(ValueError):
             SamplingParams(rules, **kwargs)
+
+
+def test_min_p_and_top_k_of_one_leave_only_the_most_likely_token():
+    rules = LogitsRules(EOT, NO_TS, TS, (), (), timestamps=False, suppress_blank=False)
+    torch.manual_seed(0)
+    logits = torch.randn(4, VOCAB)
+    params = [SamplingParams(rules, temperature=1.0, min_p=1.0), SamplingParams(rules, temperature=1.0, top_k=1),
+              SamplingParams(rules, temperature=1.0, min_p=0.0), SamplingParams(rules, temperature=1.0)]
+    generators = [torch.Generator().manual_seed(i) for i in range(4)]
+    out = sample(logits, params, generators)
+    best = logits.argmax(dim=-1).tolist()
+    assert out.tokens[:2] == best[:2]
+    assert out.tokens[2:] != best[2:]  # plain sampling over 51k near-uniform tokens does not pick the argmax

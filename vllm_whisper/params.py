@@ -9,6 +9,8 @@ from vllm_whisper.languages import normalize_language
 TASKS = ("transcribe", "translate")
 CHUNKING_STRATEGIES = ("sequential", "parallel")
 TEMPERATURE_STEP = 0.2
+SEED_RANGE = (-(2**63), 2**63 - 1)  # torch.long, as vLLM bounds `seed`
+PENALTY_RANGE = (-2.0, 2.0)  # frequency / presence penalties, as vLLM and OpenAI bound them
 
 
 def fallback_temperatures(start: float = 0.0) -> tuple[float, ...]:
@@ -46,6 +48,18 @@ class TranscriptionParams:
         transcription passes the words already sent, so later passes only extend them. Needs timestamps=False.
     seed: the base of the sampling seeds (each window's fallback sampling draws from its own generator); the default
         None uses a fixed base, so the same input gives the same text on every run, alone or in any batch.
+    top_k / top_p / min_p: when a window samples (temperature > 0): keep only the k most likely tokens (0: all), the
+        smallest set whose probability reaches top_p, and tokens at least min_p times as likely as the best one.
+    repetition_penalty / frequency_penalty / presence_penalty: vLLM's (and OpenAI's) penalties, in greedy decoding
+        and beam search too. A text token already seen has its logit divided by repetition_penalty when positive
+        and multiplied by it when negative ("seen": in the window's prompt, i.e. previous text, initial prompt and
+        hotwords, or in its output so far); frequency_penalty * count and presence_penalty (once) are subtracted
+        for each text token the window has output. Special and timestamp tokens are never counted nor penalised,
+        so Whisper's timestamp rules keep their meaning. The defaults (1, 0, 0) leave decoding untouched.
+    max_completion_tokens: the most tokens decoded for the whole input across all its windows (each window also
+        stops at max_new_tokens); None: no limit. A window that falls back is retried within the same allowance.
+    hotwords: words or phrases to favour, put into every window's previous-text prompt ahead of the previous text
+        (as faster-whisper does; not on the first window when a prefix is forced).
     beam_size: 1 decodes greedily; more runs beam search with that many beams (openai-whisper's CLI uses 5).
     patience: beam search ends once round(beam_size * patience) hypotheses have finished.
     length_penalty: None ranks hypotheses by log-probability / length; alpha in [0, 1] uses ((5 + L) / 6) ** alpha.
@@ -77,6 +91,14 @@ class TranscriptionParams:
     initial_prompt: str | None = None
     prefix: str | None = None
     seed: int | None = None
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    max_completion_tokens: int | None = None
+    hotwords: str | None = None
     beam_size: int = 1
     patience: float = 1.0
     length_penalty: float | None = None
@@ -103,6 +125,7 @@ class TranscriptionParams:
         object.__setattr__(self, "temperature", tuple(float(t) for t in temperatures))
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
+        self._check_sampling()
         if self.patience <= 0:
             raise ValueError(f"patience must be positive, got {self.patience}")
         if self.length_penalty is not None and not 0.0 <= self.length_penalty <= 1.0:
@@ -117,3 +140,22 @@ class TranscriptionParams:
             raise ValueError(f"vad_min_silence_ms cannot be negative, got {self.vad_min_silence_ms}")
         if self.suppress_tokens is not None:
             object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))
+
+    def _check_sampling(self) -> None:
+        """Ranges of the sampling options, as vLLM checks them."""
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise ValueError(f"seed must fit in a 64-bit signed integer, got {self.seed}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be 0 (all tokens) or positive, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if not self.repetition_penalty > 0.0:
+            raise ValueError(f"repetition_penalty must be greater than 0, got {self.repetition_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not PENALTY_RANGE[0] <= value <= PENALTY_RANGE[1]:
+                raise ValueError(f"{name} must be between -2 and 2, got {value}")
+        if self.max_completion_tokens is not None and self.max_completion_tokens < 1:
+            raise ValueError(f"max_completion_tokens must be at least 1, got {self.max_completion_tokens}")

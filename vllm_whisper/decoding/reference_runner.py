@@ -24,6 +24,9 @@ def run_job_with_reference(loaded: LoadedModel, job: WindowJob) -> JobResult:
     """Decode one job with the unbatched reference decoder (greedy, or sampling at the job's temperature)."""
     if job.params.beam_size > 1 and job.alignment is None:
         raise ValueError("the reference decoder is greedy; run beam search on the engine (LLM.transcribe)")
+    p = job.params
+    if p.has_penalties or (p.temperature > 0 and (p.top_k or p.top_p < 1.0 or p.min_p)):
+        raise ValueError("the reference decoder samples plainly; run penalties and top-k/top-p/min-p on the engine")
     window = encode_window(loaded.model, job.features)
     if job.alignment is not None:
         aligned = reference_alignment(loaded, window.cross_kv, job.prompt, job.alignment)

@@ -23,6 +23,7 @@ from vllm_whisper.attention.selector import get_attention_backend
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.alignment import AlignmentParams, AlignmentRequest
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, plan_pools
+from vllm_whisper.engine.penalties import apply_penalties
 from vllm_whisper.engine.model_runner import ModelRunner
 from vllm_whisper.engine.beam_search import beam_update, finalize
 from vllm_whisper.engine.iteration_stats import IterationStats
@@ -365,12 +366,17 @@ class LLMEngine:
                 plain_rows.append(row)
         failed = {seqs[row].request.request_id for row in broken_rows}
         beam_rows = {rid: rows for rid, rows in beam_rows.items() if rid not in failed}
+        # Penalties (only rows that ask for them; otherwise `scores` is `ruled` itself) steer the choice; the
+        # log-probabilities the fallback checks read stay those of the ruled distribution.
+        scores = apply_penalties(ruled, [s.request.params for s in seqs], [s.request.prompt for s in seqs],
+                                 [s.output for s in seqs])
         sampled = None
         if plain_rows:
             plain = [seqs[i] for i in plain_rows]
-            sampled = sample(ruled[plain_rows], [s.request.params for s in plain],
-                             [s.request.generator for s in plain])
-        beams = {rid: torch.log_softmax(ruled[rows].float(), dim=-1) for rid, rows in beam_rows.items()}
+            sampled = sample(scores[plain_rows], [s.request.params for s in plain],
+                             [s.request.generator for s in plain],
+                             None if scores is ruled else ruled[plain_rows])
+        beams = {rid: torch.log_softmax(scores[rows].float(), dim=-1) for rid, rows in beam_rows.items()}
         return _GroupDecision(step.no_speech_probs, failed, plain_rows, sampled, beams)
 
     def _apply(self, seqs: list[Sequence], decision: "_GroupDecision") -> list[RequestOutput]:

@@ -51,13 +51,20 @@ class SupportsTranscription(ABC):
         return self.tokenizer.is_multilingual
 
     def get_decoder_prompt(
-        self, language: str | None, task: str, timestamps: bool, previous_tokens: list[int] | None = None
+        self, language: str | None, task: str, timestamps: bool, previous_tokens: list[int] | None = None,
+        hotword_tokens: list[int] | None = None,
     ) -> list[int]:
-        """Decoder prompt for a task: optional <|startofprev|> context, then the start-of-transcript sequence."""
+        """Decoder prompt for a task: optional <|startofprev|> context, then the start-of-transcript sequence.
+
+        The context is the hotwords (faster-whisper's place for them) followed by the latest previous text; together
+        they keep to half the decoder (hotwords first), so the other half stays free for the window's output."""
+        max_context = self.max_decoder_tokens // 2 - 1
+        hotwords = list(hotword_tokens or [])[:max_context]
+        room = max_context - len(hotwords)
+        previous = list(previous_tokens or [])[-room:] if room > 0 else []
         prompt: list[int] = []
-        if previous_tokens:
-            max_context = self.max_decoder_tokens // 2 - 1
-            prompt = [self.tokenizer.special.sot_prev, *previous_tokens[-max_context:]]
+        if hotwords or previous:
+            prompt = [self.tokenizer.special.sot_prev, *hotwords, *previous]
         return prompt + self.tokenizer.sot_sequence(language, task, timestamps)
 
     @property

@@ -23,6 +23,7 @@ from vllm_whisper.model_executor.loader import LoadedModel
 from vllm_whisper.params import TranscriptionParams
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult
 from vllm_whisper.transcribe.sequential import JobResult, LongFormTranscription, WindowJob
+from vllm_whisper.transcribe.token_budget import TokenBudget
 
 TimeMapper = Callable[[float, bool], float]  # (seconds in the piece, is_end) -> seconds in the file
 
@@ -39,18 +40,19 @@ class FileTranscription:
     def __init__(self, loaded: LoadedModel, audio: np.ndarray, params: TranscriptionParams, name: str):
         self.loaded, self.params, self.name = loaded, params, name
         self.duration = len(audio) / SAMPLE_RATE
+        budget = TokenBudget(params.max_completion_tokens)  # max_completion_tokens counts across all pieces
         spans = None
         if params.vad_filter:
             spans = detect_speech(audio, threshold=params.vad_threshold, min_silence_ms=params.vad_min_silence_ms)
         if params.chunking_strategy == "parallel" and (spans is None or spans):
             chunks = plan_chunks(audio, 30.0, spans)
-            self.pieces = [Piece(LongFormTranscription(loaded, audio[c.start:c.end], params, f"{name}/{i}"),
+            self.pieces = [Piece(LongFormTranscription(loaded, audio[c.start:c.end], params, f"{name}/{i}", budget),
                                  _shift(c.start / SAMPLE_RATE)) for i, c in enumerate(chunks)]
         elif spans is not None:
             speech, time_map = collect_speech(audio, spans)
-            self.pieces = [Piece(LongFormTranscription(loaded, speech, params, f"{name}/0"), time_map.to_original)]
+            self.pieces = [Piece(LongFormTranscription(loaded, speech, params, f"{name}/0", budget), time_map.to_original)]
         else:
-            self.pieces = [Piece(LongFormTranscription(loaded, audio, params, f"{name}/0"), _shift(0.0))]
+            self.pieces = [Piece(LongFormTranscription(loaded, audio, params, f"{name}/0", budget), _shift(0.0))]
         self._owner = {piece.machine.name: piece for piece in self.pieces}
         self._streamed_segments = 0
 

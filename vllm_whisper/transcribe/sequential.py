@@ -32,9 +32,11 @@ from vllm_whisper.sampling.rules import LogitsRules
 from vllm_whisper.transcribe.alignment import apply_word_timings, tokens_per_segment, word_timings
 from vllm_whisper.transcribe.result import Segment, TranscriptionResult, compression_ratio
 from vllm_whisper.transcribe.segments import split_window
+from vllm_whisper.transcribe.token_budget import TokenBudget
 
 
 DEFAULT_SAMPLING_SEED = 0  # temperature sampling is reproducible unless the request brings its own seed
+SEED_MODULUS = 2**64  # torch generators take seeds in [0, 2**64); request seeds may be negative (as in vLLM)
 
 @dataclass
 class WindowJob:
@@ -103,7 +105,9 @@ class _UnalignedWindow:
 class LongFormTranscription:
     """The seek loop of one audio file."""
 
-    def __init__(self, loaded: LoadedModel, audio: np.ndarray, params: TranscriptionParams, name: str):
+    def __init__(self, loaded: LoadedModel, audio: np.ndarray, params: TranscriptionParams, name: str,
+                 budget: TokenBudget | None = None):
+        """`budget` is the input's max_completion_tokens allowance, shared when the input is cut into pieces."""
         tok = loaded.tokenizer
         if params.task == "translate" and not tok.is_multilingual:
             raise ValueError(f"The English-only model {loaded.name!r} cannot translate; use a multilingual model.")
@@ -127,6 +131,10 @@ class LongFormTranscription:
         self._all_tokens: list[int] = tok.encode(" " + params.initial_prompt.strip()) if params.initial_prompt else []
         self._prompt_reset_since = 0
         self._prefix_tokens: list[int] = tok.encode(" " + params.prefix.strip()) if params.prefix else []
+        hotwords = (params.hotwords or "").strip()
+        self._hotword_tokens: list[int] = tok.encode(" " + hotwords) if hotwords else []
+        self.budget = budget if budget is not None else TokenBudget(params.max_completion_tokens)
+        self._window_grant: int | None = None  # tokens of the budget this window holds (kept across its retries)
         self._last_speech_timestamp = 0.0
         self._failed_attempts: list[tuple[JobResult, float]] = []  # this window's decodes that needed a fallback
 
@@ -163,25 +171,54 @@ class LongFormTranscription:
             job = WindowJob(self._job_id("lang"), key, features, [self.loaded.tokenizer.sot], params, "language",
                             window_frames / 100)
         else:
-            previous = self._all_tokens[self._prompt_reset_since:]
-            prompt = model.get_decoder_prompt(self.language, self.params.task, self.params.timestamps, previous)
-            temperature = self.params.temperature[self._temperature_index]
-            beams = self.params.beam_size if temperature == 0 else 1
-            # Seeded per job even without a request seed, so a window that falls back to sampling gives the same
-            # text on every run, alone or in any batch (each request samples from its own generator).
-            base = DEFAULT_SAMPLING_SEED if self.params.seed is None else self.params.seed
-            seed = base + self._jobs_issued
-            params = SamplingParams(self.rules, max_new_tokens=self.params.max_new_tokens, temperature=temperature,
-                                    seed=seed, beam_size=beams, patience=self.params.patience,
-                                    length_penalty=self.params.length_penalty,
-                                    no_speech_index=prompt.index(self.loaded.tokenizer.sot))
+            if not self._reserve_window():
+                return None
             forced = self._prefix_tokens if self.seek == 0 else []
+            previous = self._all_tokens[self._prompt_reset_since:]
+            hotwords = [] if forced else self._hotword_tokens  # faster-whisper drops hotwords when a prefix is set
+            prompt = model.get_decoder_prompt(self.language, self.params.task, self.params.timestamps, previous,
+                                              hotwords)
+            params = self._sampling_params(prompt)
             if forced:  # the transcript continues after the prefix, which may be complete: allow end-of-text
                 params = replace(params, rules=replace(self.rules, suppress_blank=False))
             job = WindowJob(self._job_id("win"), key, features, prompt + forced, params, "transcribe",
                             window_frames / 100, forced)
         self._in_flight = job
         return job
+
+    def _sampling_params(self, prompt: list[int]) -> SamplingParams:
+        """How the current window's attempt samples, within the tokens the window holds of the budget."""
+        p = self.params
+        temperature = p.temperature[self._temperature_index]
+        # Seeded per job even without a request seed, so a window that falls back to sampling gives the same
+        # text on every run, alone or in any batch (each request samples from its own generator).
+        base = DEFAULT_SAMPLING_SEED if p.seed is None else p.seed
+        return SamplingParams(
+            self.rules, max_new_tokens=self._window_grant, temperature=temperature,
+            top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, repetition_penalty=p.repetition_penalty,
+            frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty,
+            seed=(base + self._jobs_issued) % SEED_MODULUS, beam_size=p.beam_size if temperature == 0 else 1,
+            patience=p.patience, length_penalty=p.length_penalty,
+            no_speech_index=prompt.index(self.loaded.tokenizer.sot),
+        )
+
+    def _reserve_window(self) -> bool:
+        """Hold the current window's share of max_completion_tokens; False when none is left now (the input is
+        finished once no other piece holds a share that could come back)."""
+        if self._window_grant is not None:  # a fallback retry decodes within the same share
+            return True
+        granted = self.budget.reserve(self.params.max_new_tokens)
+        if granted == 0:
+            if self.budget.spent_for_good:
+                self.seek = self.content_frames
+            return False
+        self._window_grant = granted
+        return True
+
+    def _settle_window(self, used: int) -> None:
+        if self._window_grant is not None:
+            self.budget.settle(self._window_grant, used)
+            self._window_grant = None
 
     def on_result(self, job: WindowJob, result: JobResult) -> None:
         if job is not self._in_flight:
@@ -210,6 +247,7 @@ class LongFormTranscription:
             result, window_ratio = self._best_attempt()
         self._temperature_index = 0
         self._failed_attempts = []
+        self._settle_window(len(result.tokens) - len(job.forced_prefix))
         if self._is_silence(result):
             self.seek += window_frames
             self.skipped_windows += 1

@@ -1,17 +1,22 @@
-"""The multipart form of /v1/audio/transcriptions and /v1/audio/translations, as OpenAI's clients send it,
-converted into one TranscriptionParams. Unknown fields are ignored; a bad value is a 400 naming its field.
+"""The multipart form of /v1/audio/transcriptions and /v1/audio/translations, as OpenAI's and vLLM's clients send
+it, converted into one TranscriptionParams. Unknown fields are ignored, but vLLM's fields are honoured or refused
+(vllm_fields.py); a bad value is a 400 naming its field.
 
-Every field is read through `form_field`, which turns any parsing failure (a wrong type, a number that overflows,
-JSON nested too deep, a bad text encoding) into that 400, so no input reaches the catch-all 500."""
+Every field is read through `form_field` (form_values.py), which turns any parsing failure (a wrong type, a number
+that overflows, JSON nested too deep, a bad text encoding) into that 400, so no input reaches the catch-all 500."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from vllm_whisper.entrypoints.openai.errors import OpenAIError, bad_request
+from vllm_whisper.entrypoints.openai.errors import bad_request
+from vllm_whisper.entrypoints.openai.form_values import (
+    FIELD_PARSE_ERRORS, form_field, read_bool, read_float, read_optional_bool, read_text,
+)
+from vllm_whisper.entrypoints.openai.vllm_fields import VllmFields, merge_xargs, parse_vllm_fields, vad_options
 from vllm_whisper.languages import normalize_language
 from vllm_whisper.outputs.formats import RESPONSE_FORMATS
 from vllm_whisper.params import TranscriptionParams, fallback_temperatures
@@ -19,20 +24,7 @@ from vllm_whisper.params import TranscriptionParams, fallback_temperatures
 TIMESTAMP_GRANULARITIES = ("segment", "word")
 STREAMABLE_FORMATS = ("json", "text", "srt", "vtt")
 MAX_SILENCE_DURATION_MS = 10_000
-# What parsing a client's value can raise: wrong types, overflowing numbers, JSON nested too deep, bad encodings.
-FIELD_PARSE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError, KeyError, AttributeError)
-
-
-@contextmanager
-def form_field(name: str):
-    """Map any failure while parsing the field `name` to a 400 that names it."""
-    try:
-        yield
-    except OpenAIError:
-        raise
-    except FIELD_PARSE_ERRORS as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise bad_request(f"{name} has an invalid value ({reason})", name) from None
+PARAMS_FIELDS = frozenset(f.name for f in dataclasses.fields(TranscriptionParams))
 
 
 @dataclass
@@ -51,9 +43,13 @@ class TranscriptionRequest:
     include: tuple[str, ...] = ()
     chunking_strategy: dict[str, Any] | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    vllm: VllmFields = field(default_factory=VllmFields)  # vLLM's sampling fields, hotwords, to_language
+    vad: dict[str, Any] = field(default_factory=dict)  # vLLM's vad_config.* fields
+    xargs_options: dict[str, Any] = field(default_factory=dict)  # TranscriptionParams options from vllm_xargs
 
     def to_params(self, task: str, max_new_tokens: int) -> TranscriptionParams:
-        """The options object the engine runs with."""
+        """The options object the engine runs with (max_new_tokens: the server's most tokens per window)."""
+        self.vllm.check_to_language(task, self.language)
         chunking = self.chunking_strategy or {}
         options: dict[str, Any] = dict(
             task=task, language=self.language, initial_prompt=self.prompt or None,
@@ -67,10 +63,19 @@ class TranscriptionRequest:
                     options["vad_threshold"] = float(chunking["threshold"])
                 if "silence_duration_ms" in chunking:
                     options["vad_min_silence_ms"] = round(float(chunking["silence_duration_ms"]))
+        options.update(self.vad)
+        options.update(self.vllm.options)
+        doubled = sorted(set(self.xargs_options) & set(self.vllm.options))
+        if doubled:
+            raise bad_request(f"vllm_xargs sets {doubled[0]} that another field already decides; send it once",
+                              f"vllm_xargs.{doubled[0]}")
+        options.update(self.xargs_options)
+        options["max_new_tokens"] = min(options["max_new_tokens"], max_new_tokens)  # the server's window limit
         try:
             return TranscriptionParams(**options)
-        except ValueError as exc:
-            raise bad_request(str(exc)) from exc
+        except (ValueError, TypeError) as exc:  # the message starts with the option's name
+            name = str(exc).split(" ", 1)[0]
+            raise bad_request(str(exc), name if name in PARAMS_FIELDS else None) from exc
 
 
 def parse_form(form: Mapping[str, Any], getlist) -> TranscriptionRequest:
@@ -79,18 +84,19 @@ def parse_form(form: Mapping[str, Any], getlist) -> TranscriptionRequest:
         return _parse_form(form, getlist)
 
 
-def _parse_form(form: Mapping[str, Any], getlist) -> TranscriptionRequest:
-    response_format = _text(form, "response_format") or "json"
+def _parse_form(sent: Mapping[str, Any], getlist) -> TranscriptionRequest:
+    form, xargs_options = merge_xargs(sent)  # vllm_xargs' keys read like the form fields of the same names
+    response_format = read_text(form, "response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise bad_request(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}; got {response_format!r}",
                           "response_format")
-    language = _text(form, "language")
+    language = read_text(form, "language")
     if language:
         try:
             language = normalize_language(language)
         except ValueError as exc:
             raise bad_request(str(exc), "language", "invalid_language") from exc
-    temperature = _float(form, "temperature", 0.0)
+    temperature = read_float(form, "temperature", 0.0)
     if not 0.0 <= temperature <= 1.0:
         raise bad_request(f"temperature must be between 0 and 1, got {temperature}", "temperature")
     granularities = tuple(getlist("timestamp_granularities[]") or getlist("timestamp_granularities")) or ("segment",)
@@ -100,60 +106,25 @@ def _parse_form(form: Mapping[str, Any], getlist) -> TranscriptionRequest:
                               "timestamp_granularities")
     if granularities != ("segment",) and response_format != "verbose_json":
         raise bad_request("timestamp_granularities needs response_format=verbose_json", "timestamp_granularities")
-    stream = _bool(form, "stream", False)
+    stream = read_bool(form, "stream", False)
     if stream and response_format not in STREAMABLE_FORMATS:
         raise bad_request(f"stream=true supports response_format {', '.join(STREAMABLE_FORMATS)}, "
                           f"not {response_format!r}", "stream")
     include = tuple(getlist("include[]") or getlist("include"))
+    vllm = parse_vllm_fields(form, stream)
     return TranscriptionRequest(
-        model=_text(form, "model"), response_format=response_format, language=language or None,
-        prompt=_text(form, "prompt"), temperature=temperature, timestamp_granularities=granularities,
-        stream=stream, stream_include_usage=_optional_bool(form, "stream_include_usage"), include=include,
-        stream_continuous_usage_stats=_bool(form, "stream_continuous_usage_stats", False),
-        chunking_strategy=_chunking(form),
+        model=read_text(form, "model"), response_format=response_format, language=language or None,
+        prompt=read_text(form, "prompt"), temperature=temperature, timestamp_granularities=granularities,
+        stream=stream, stream_include_usage=read_optional_bool(form, "stream_include_usage"), include=include,
+        stream_continuous_usage_stats=read_bool(form, "stream_continuous_usage_stats", False),
+        chunking_strategy=_chunking(form), vllm=vllm, vad=vad_options(form), xargs_options=xargs_options,
     )
-
-
-def _text(form: Mapping[str, Any], name: str) -> str | None:
-    value = form.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise bad_request(f"{name} must be a text field, not a file", name)
-    with form_field(name):
-        value.encode("utf-8")  # lone surrogates and other unencodable text fail here, not in the engine
-    return value.strip()
-
-
-def _float(form: Mapping[str, Any], name: str, default: float) -> float:
-    value = _text(form, name)
-    if not value:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise bad_request(f"{name} must be a number, got {value[:100]!r}", name) from None
-
-
-def _optional_bool(form: Mapping[str, Any], name: str) -> bool | None:
-    value = _text(form, name)
-    if not value:
-        return None
-    lowered = value.lower()
-    if lowered not in ("true", "false", "1", "0"):
-        raise bad_request(f"{name} must be true or false, got {value!r}", name)
-    return lowered in ("true", "1")
-
-
-def _bool(form: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = _optional_bool(form, name)
-    return default if value is None else value
 
 
 def _chunking(form: Mapping[str, Any]) -> dict[str, Any] | None:
     """OpenAI's chunking_strategy: unset (one pass over the file), "auto", or a server_vad object, sent as JSON
     or as bracketed fields (chunking_strategy[type]=server_vad, ...) the way openai-python flattens it."""
-    raw = _text(form, "chunking_strategy")
+    raw = read_text(form, "chunking_strategy")
     bracketed = {key[len("chunking_strategy["):-1]: value for key, value in form.items()
                  if key.startswith("chunking_strategy[") and key.endswith("]")}
     if raw is None and not bracketed:

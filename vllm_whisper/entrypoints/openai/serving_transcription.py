@@ -168,6 +168,10 @@ class TranscriptionService:
 
     def _params(self, form_request: TranscriptionRequest, task: str) -> TranscriptionParams:
         params = form_request.to_params(task, self.limits.max_new_tokens)
+        max_beams = self.engine.config.max_num_seqs
+        if params.beam_size > max_beams:
+            raise bad_request(f"n asks for {params.beam_size} beams; this server runs at most {max_beams} sequences "
+                              f"at once (--max-num-seqs)", "n")
         tokenizer = self.loaded.tokenizer
         if not tokenizer.is_multilingual:
             if task == "translate":
