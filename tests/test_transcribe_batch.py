@@ -83,3 +83,19 @@ def test_sampling_is_reproducible_without_a_seed_alone_and_in_a_batch(tiny_en, e
     assert together == again == alone
     seeded = [r.text for r in llm.transcribe(clips, TranscriptionParams(temperature=(1.0,), seed=1234))]
     assert seeded == [r.text for r in llm.transcribe(clips, TranscriptionParams(temperature=(1.0,), seed=1234))]
+
+
+def test_vllm_sampling_options_give_the_same_text_alone_and_in_a_batch_of_30(english_clips, fox_clip):
+    """vLLM's sampling options (seed, top_p, min_p, a repetition penalty) are per window: 30 clips give the same
+    text one at a time and all at once, the clips whose greedy decode fails the checks included (they sample)."""
+    from vllm_whisper import LLM
+
+    llm = LLM(model="tiny.en", dtype="float32", kv_cache_space=1.0)
+    audios = [load_audio(c.path) for c in english_clips] + [load_audio(fox_clip.path)]
+    audios += [audio[:len(audio) // 2] for audio in audios[:5]]  # cut mid-sentence: a less likely decode
+    assert len(audios) == 30
+    params = TranscriptionParams(seed=42, top_p=0.95, min_p=0.01, repetition_penalty=1.1, max_new_tokens=96)
+    alone = [llm.transcribe(audio, params)[0] for audio in audios]
+    together = llm.transcribe(audios, params)
+    assert [r.text for r in alone] == [r.text for r in together]
+    assert any(s.temperature > 0 for r in together for s in r.segments)  # some window fell back to sampling
