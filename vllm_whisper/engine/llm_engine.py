@@ -366,10 +366,12 @@ class LLMEngine:
                 plain_rows.append(row)
         failed = {seqs[row].request.request_id for row in broken_rows}
         beam_rows = {rid: rows for rid, rows in beam_rows.items() if rid not in failed}
-        # Penalties (only rows that ask for them; otherwise `scores` is `ruled` itself) steer the choice; the
+        # Penalties (only when a row asks for them; otherwise `scores` is `ruled` itself) steer the choice; the
         # log-probabilities the fallback checks read stay those of the ruled distribution.
-        scores = apply_penalties(ruled, [s.request.params for s in seqs], [s.request.prompt for s in seqs],
-                                 [s.output for s in seqs])
+        scores = ruled
+        if any(s.request.params.has_penalties for s in seqs):
+            scores = apply_penalties(ruled, [s.request.params for s in seqs], [s.request.prompt for s in seqs],
+                                     [s.output for s in seqs])
         sampled = None
         if plain_rows:
             plain = [seqs[i] for i in plain_rows]
