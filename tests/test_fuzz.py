@@ -70,7 +70,7 @@ FIELDS = ["model", "language", "prompt", "response_format", "temperature", "time
           "chunking_strategy[silence_duration_ms]", "chunking_strategy[threshold]", "include[]", "seed",
           "unknown_field", "max_completion_tokens", "use_beam_search", "n", "length_penalty", "top_p", "top_k",
           "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "hotwords", "to_language",
-          "vllm_xargs", "vad_config.enabled", "stream_continuous_usage_stats"]
+          "vllm_xargs", "vad_config.enabled"]
 NUMBERS = st.one_of(st.integers(-10**30, 10**30), st.floats(allow_nan=True, allow_infinity=True)).map(str)
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,

@@ -162,6 +162,8 @@ class LongFormTranscription:
             self.skipped_windows += 1
         if self.seek >= self.content_frames:
             return None
+        if self.language is not None and not self._reserve_window():
+            return None  # the input's max_completion_tokens are spent, or held by its other pieces for now
         model = self.loaded.model
         window_frames = min(N_FRAMES, self.content_frames - self.seek)
         features = self.mel[:, self.seek:self.seek + N_FRAMES].contiguous()
@@ -171,8 +173,6 @@ class LongFormTranscription:
             job = WindowJob(self._job_id("lang"), key, features, [self.loaded.tokenizer.sot], params, "language",
                             window_frames / 100)
         else:
-            if not self._reserve_window():
-                return None
             forced = self._prefix_tokens if self.seek == 0 else []
             previous = self._all_tokens[self._prompt_reset_since:]
             hotwords = [] if forced else self._hotword_tokens  # faster-whisper drops hotwords when a prefix is set
