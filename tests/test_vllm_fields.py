@@ -182,3 +182,17 @@ def test_to_language_on_translations_must_be_english():
     assert refused.value.status == 400 and refused.value.param == "to_language"
     with pytest.raises(OpenAIError):
         params_of({"to_language": "en"}, "transcribe")  # transcribing keeps the spoken language: it must be given
+
+
+def test_temperature_schedule_and_plain_greedy_through_vllm_xargs():
+    """OpenAI's temperature keeps its fallback meaning; vllm_xargs can set the schedule itself, or turn the fallback
+    off (vLLM's plain greedy) with a one-temperature schedule or by disabling the checks."""
+    assert params_of({"temperature": "0"}).temperature == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    assert params_of({"vllm_xargs": json.dumps({"temperature": [0.0, 0.5]})}).temperature == (0.0, 0.5)
+    assert params_of({"vllm_xargs": json.dumps({"temperature": [0.0]})}).temperature == (0.0,)
+    no_checks = params_of({"vllm_xargs": json.dumps({"compression_ratio_threshold": None, "logprob_threshold": None})})
+    assert no_checks.compression_ratio_threshold is None and no_checks.logprob_threshold is None
+    for bad in ([], [2.0], ["hot"]):
+        with pytest.raises(OpenAIError) as refused:
+            params_of({"vllm_xargs": json.dumps({"temperature": bad})})
+        assert refused.value.param == "vllm_xargs.temperature"

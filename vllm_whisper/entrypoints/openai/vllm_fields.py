@@ -75,7 +75,11 @@ def merge_xargs(form: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     options: dict[str, Any] = {}
     for key, value in xargs.items():
         name = f"vllm_xargs.{key}"
-        if key in XARGS_FORM_FIELDS:
+        if key == "temperature" and isinstance(value, list):  # the whole fallback schedule, e.g. [0.0, 0.5, 1.0]
+            if "temperature" in form:
+                raise bad_request("temperature is sent both as a form field and in vllm_xargs; send it once", name)
+            options["temperature"] = _temperature_schedule(name, value)
+        elif key in XARGS_FORM_FIELDS:
             if key in form:
                 raise bad_request(f"{key} is sent both as a form field and in vllm_xargs; send it once", name)
             if value is not None:
@@ -86,6 +90,15 @@ def merge_xargs(form: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
             raise bad_request(f"vllm_xargs key {str(key)[:50]!r} is not an option this server honours; it takes "
                               f"{', '.join(XARGS_FORM_FIELDS + XARGS_PARAM_FIELDS)}", name)
     return fields, options
+
+
+def _temperature_schedule(name: str, values: list) -> tuple[float, ...]:
+    """vllm_xargs' temperature list: the fallback schedule itself ([0.0] alone: greedy, no hotter retries)."""
+    if not values or len(values) > 16 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 and 0.0 <= v <= 1.0 for v in values):
+        raise bad_request("vllm_xargs.temperature as a list is the fallback schedule: 1 to 16 numbers from 0 to 1",
+                          name)
+    return tuple(float(v) for v in values)
 
 
 def parse_vllm_fields(form: Mapping[str, Any], stream: bool) -> VllmFields:
