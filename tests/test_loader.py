@@ -50,7 +50,7 @@ def test_base_parts_are_joined_once_into_the_cache(base_model, monkeypatch, tmp_
 
 
 def test_hf_directory_from_ct2_weights_gives_identical_tokens(tiny_en, hf_tiny_dir, english_clips):
-    hf = load_model(hf_tiny_dir)
+    hf = load_model(hf_tiny_dir, dtype="float32")
     assert hf.format == "huggingface" and hf.config == tiny_en.config
     assert hf.generation.suppress_tokens == tiny_en.generation.suppress_tokens
     for clip in english_clips[:3]:
@@ -64,7 +64,7 @@ def test_pytorch_model_bin_directory(tiny_en, hf_tiny_dir, tmp_path, fox_clip):
     shutil.copytree(hf_tiny_dir, target)
     torch.save(load_file(target / "model.safetensors"), target / "pytorch_model.bin")
     (target / "model.safetensors").unlink()
-    assert decode_tokens(load_model(target), fox_clip.path) == decode_tokens(tiny_en, fox_clip.path)
+    assert decode_tokens(load_model(target, dtype="float32"), fox_clip.path) == decode_tokens(tiny_en, fox_clip.path)
 
 
 def test_ct2_directory_split_into_parts(tiny_en, tmp_path, fox_clip):
@@ -74,7 +74,7 @@ def test_ct2_directory_split_into_parts(tiny_en, tmp_path, fox_clip):
     third = len(data) // 3
     for i, chunk in enumerate([data[:third], data[third:2 * third], data[2 * third:]], start=1):
         (tmp_path / f"model.bin.part{i}").write_bytes(chunk)
-    assert decode_tokens(load_model(tmp_path), fox_clip.path) == decode_tokens(tiny_en, fox_clip.path)
+    assert decode_tokens(load_model(tmp_path, dtype="float32"), fox_clip.path) == decode_tokens(tiny_en, fox_clip.path)
     (tmp_path / "model.bin.part2").unlink()
     with pytest.raises(ModelLoadError, match="model.bin.part2"):
         load_model(tmp_path)

@@ -17,7 +17,8 @@ class EngineSetup:
     """The engine's fixed facts, as an operator reads them at start-up."""
 
     device: str  # cpu | cuda
-    dtype: str  # float32, float16, bfloat16
+    dtype: str  # float32, float16, bfloat16 (the activations' dtype)
+    quantization: str  # int8 or none
     attention_backend: str  # torch | triton
     num_kv_blocks: int
     kv_cache_gib: float  # self-attention blocks, all layers, K and V
@@ -37,6 +38,7 @@ def engine_setup(engine: "LLMEngine") -> EngineSetup:
     cache, graphs = runner.cache, runner.graphs
     return EngineSetup(
         device=model.device.type, dtype=str(model.dtype).removeprefix("torch."),
+        quantization=model.quantization or "none",
         attention_backend=runner.backend.name,
         num_kv_blocks=engine.block_pool.num_blocks, kv_cache_gib=_gib(cache.self_k + cache.self_v),
         num_cross_slots=engine.slot_pool.num_slots, cross_cache_gib=_gib(cache.cross_k + cache.cross_v),

@@ -330,7 +330,7 @@ def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> N
         raise
     app = build_app(state, origins)
     host, port = sock.getsockname()[:2]
-    logger.info("%s", startup_line(state.setup, args.quantization, state.served_names, host, port))
+    logger.info("%s", startup_line(state.setup, state.served_names, host, port))
     config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout, limit_concurrency=args.max_connections)
     try:

@@ -10,13 +10,13 @@ from __future__ import annotations
 from vllm_whisper.engine.setup_info import EngineSetup
 
 
-def startup_line(setup: EngineSetup, quantization: str | None, served_names: list[str], host: str, port: int,
+def startup_line(setup: EngineSetup, served_names: list[str], host: str, port: int,
                  engine_index: int = 0) -> str:
     """Device, dtype, quantization, attention backend, KV-cache and cross-attention pools (count and GiB), CUDA
     graph buckets ("off" when none are captured), max-num-seqs, served names and the address."""
     buckets = ",".join(map(str, setup.cuda_graph_batch_sizes)) or "off"
     return (f"Engine {engine_index:03d}: ready: device={setup.device} dtype={setup.dtype} "
-            f"quantization={quantization or 'none'} attention={setup.attention_backend} "
+            f"quantization={setup.quantization} attention={setup.attention_backend} "
             f"kv_cache={setup.num_kv_blocks} blocks ({setup.kv_cache_gib:.2f} GiB) "
             f"cross_slots={setup.num_cross_slots} ({setup.cross_cache_gib:.2f} GiB) "
             f"cuda_graphs={buckets} max_num_seqs={setup.max_num_seqs} models={','.join(served_names)} "

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from vllm_whisper.model_executor.aliases import OFFLINE_ALIASES, resolve_alias
+from vllm_whisper.model_executor.cpu_defaults import auto_cpu_precision
 from vllm_whisper.model_executor.quantization import check_quantization, quantize_int8
 from vllm_whisper.model_executor.ct2_format import read_ct2_model
 from vllm_whisper.model_executor.ct2_whisper import ct2_to_state_dict
@@ -55,7 +56,7 @@ class LoadedModel:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
-    """'auto' is float16 on CUDA and float32 elsewhere (CPU half-precision matmuls are slow)."""
+    """'auto' is float16 on CUDA and float32 elsewhere (what resolve_precision refines on the CPU)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -65,13 +66,25 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch
     return _DTYPES[dtype]
 
 
+def resolve_precision(dtype: str | torch.dtype, device: str | torch.device,
+                      quantization: str | None) -> tuple[torch.dtype, str | None]:
+    """The dtype and quantization to load: on the CPU, 'auto' without a quantization is the measured fastest
+    precision for this CPU (cpu_defaults); everywhere else the dtype as given, 'auto' being float16 on CUDA."""
+    if dtype == "auto" and quantization is None and torch.device(device).type == "cpu":
+        choice = auto_cpu_precision()
+        return choice.dtype, choice.quantization
+    return resolve_dtype(dtype, device), quantization
+
+
 def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str = "cpu",
                quantization: str | None = None) -> LoadedModel:
     """Find, read and build a Whisper model; every failure is a ModelLoadError naming the file or the fix.
-    quantization "int8" stores the linear layers' weights as int8 (CPU, float32 activations)."""
+    quantization "int8" stores the linear layers' weights as int8 (CPU, float32 activations); dtype "auto" on the
+    CPU picks int8, bfloat16 or float32 by what the CPU computes natively (model_executor/cpu_defaults.py)."""
     name = str(name_or_path)
+    torch_dtype, quantization = resolve_precision(dtype, device, quantization)
     try:
-        check_quantization(quantization, device, resolve_dtype(dtype, device))
+        check_quantization(quantization, device, torch_dtype)
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc
     check_device(device)
@@ -103,7 +116,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "auto
         tokenizer = load_tokenizer(directory, config.vocab_size)
     except TokenizerLoadError as exc:
         raise ModelLoadError(str(exc)) from exc
-    model = _build(config, state_dict, resolve_dtype(dtype, device), device, directory)
+    model = _build(config, state_dict, torch_dtype, device, directory)
     if quantization == "int8":
         quantize_int8(model)
     model.tokenizer = tokenizer
