@@ -19,6 +19,8 @@ class EngineConfig:
         default_max_new_tokens = min(224, max_model_len // 2) tokens, the other half holds the previous-text prompt.
     max_encoder_windows_per_step: most new 30 s windows encoded in one step (bounds a step's latency);
         None picks 16 on CUDA and 2 on CPU, where larger encoder batches measured slower (cache-bound).
+    encoder_layers_per_step: split the encoding of new windows across steps, at most this many encoder layers
+        per step (engine/chunked_encoder.py); None encodes whole windows in the step that admits them.
     block_size: tokens per self-attention KV block.
     kv_cache_space_gib: CPU memory for the self-attention blocks and cross-attention slots together.
     gpu_memory_utilization: fraction of GPU memory the process may use in total (GPU only).
@@ -31,6 +33,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 8192
     max_encoder_windows_per_step: int | None = None
+    encoder_layers_per_step: int | None = None
     block_size: int = 16
     kv_cache_space_gib: float = 4.0
     gpu_memory_utilization: float = 0.9
@@ -41,7 +44,8 @@ class EngineConfig:
     max_model_len: int = DECODER_CONTEXT
 
     def __post_init__(self) -> None:
-        positive = ("max_num_seqs", "max_num_batched_tokens", "max_encoder_windows_per_step", "block_size")
+        positive = ("max_num_seqs", "max_num_batched_tokens", "max_encoder_windows_per_step", "block_size",
+                    "encoder_layers_per_step")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

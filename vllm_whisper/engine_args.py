@@ -65,6 +65,10 @@ class EngineArgs:
     max_encoder_windows_per_step: int | None = field(default=None, metadata=_help(
         "new 30 s windows encoded per engine step (default: 16 on CUDA, 2 on CPU): lower keeps running streams' "
         "token gaps short, higher admits bursts faster"))
+    encoder_layers_per_step: int | None = field(default=None, metadata=_help(
+        "split new windows' encoding across engine steps, at most this many encoder layers per step, so running "
+        "streams' decode steps never wait behind whole encoder passes (vLLM's chunked prefill, for the encoder); "
+        "unset: whole windows in the step that admits them"))
     enforce_eager: bool = field(default=False, metadata=_help(
         "never capture CUDA graphs for decode steps (they are captured on CUDA with the Triton backend)"))
 
@@ -102,6 +106,7 @@ class EngineArgs:
         add("num_cross_slots", "--num-cross-slots", type=int)
         add("attention_backend", "--attention-backend", choices=ATTENTION_BACKENDS)
         add("max_encoder_windows_per_step", "--max-encoder-windows-per-step", type=int)
+        add("encoder_layers_per_step", "--encoder-layers-per-step", type=int)
         add("enforce_eager", "--enforce-eager", action="store_true")
 
     @classmethod
@@ -157,6 +162,7 @@ class EngineArgs:
         return EngineConfig(
             max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
             max_model_len=self.max_model_len, max_encoder_windows_per_step=self.max_encoder_windows_per_step,
+            encoder_layers_per_step=self.encoder_layers_per_step,
             block_size=self.block_size, kv_cache_space_gib=self.kv_cache_space,
             gpu_memory_utilization=self.gpu_memory_utilization, num_kv_blocks=self.num_kv_blocks,
             num_cross_slots=self.num_cross_slots, attention_backend=self.attention_backend,
@@ -190,7 +196,7 @@ class EngineArgs:
         if self.device is not None and str(self.device).split(":")[0] not in DEVICE_TYPES:
             raise ValueError(f"device (--device) must be cpu or cuda (or cuda:N), got {self.device!r}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks", "num_cross_slots",
-                     "max_encoder_windows_per_step"):
+                     "max_encoder_windows_per_step", "encoder_layers_per_step"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value} ({_flag(name)})")

@@ -26,6 +26,7 @@ from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, plan_pools
 from vllm_whisper.engine.penalties import apply_penalties
 from vllm_whisper.engine.model_runner import ModelRunner
 from vllm_whisper.engine.beam_search import beam_update, finalize
+from vllm_whisper.engine.chunked_encoder import ChunkedEncoder
 from vllm_whisper.engine.iteration_stats import IterationStats
 from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus, Sequence
 from vllm_whisper.engine.sampler import SamplerOutput, SamplingParams, sample
@@ -87,8 +88,12 @@ class LLMEngine:
         self.runner = ModelRunner(model, cache, loaded.tokenizer.special.no_speech, backend,
                                   self._capture_decode_graphs(cache, backend.name))
         self.windows = WindowRegistry(self.slot_pool)
+        layers_per_step = self.config.encoder_layers_per_step
+        self.chunked_encoder = (ChunkedEncoder(loaded.config.encoder_layers, layers_per_step)
+                                if layers_per_step is not None else None)
         self.scheduler = Scheduler(self.config, self.block_pool, self.slot_pool,
-                                   self.config.encoder_windows_per_step(model.device.type))
+                                   self.config.encoder_windows_per_step(model.device.type),
+                                   encode_in_step=self.chunked_encoder is None)
         self.requests: dict[str, Request] = {}
         self.failed_requests = 0
         self.alignment_requests: dict[str, AlignmentRequest] = {}
@@ -243,18 +248,22 @@ class LLMEngine:
     def is_stalled(self) -> bool:
         """Requests (or alignment passes) wait but none runs: the next step does nothing until a caller releases a
         retained window (release_window) whose cross-attention slot they need."""
+        if self.chunked_encoder is not None and (self.chunked_encoder.busy or self._windows_to_encode()):
+            return False
         return bool(self.scheduler.waiting or self.scheduler.alignments) and not self.scheduler.running
 
     # --- the step ---------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        if self.chunked_encoder is not None:
+            outputs += self._advance_encoder()
         plan = self.scheduler.schedule()
         if plan.is_empty:
             # Nothing runs: waiting windows need capacity (a cross-attention slot, blocks) that a finished request's
             # retained window still holds; it comes back when its caller releases the window. Wait, never fail.
-            return []
+            return outputs
         self.steps += 1
         self._record_admissions(plan.prefill)
-        outputs: list[RequestOutput] = []
         if plan.encode:
             outputs += self._encode_contained(plan.encode)
         self.runner.copy_blocks(plan.block_copies)
@@ -266,6 +275,50 @@ class LLMEngine:
         if align:
             outputs += self._run_alignments_contained(align)
         return outputs
+
+    # --- encoding split across steps ----------------------------------------------------------------
+    def _windows_to_encode(self) -> list[Request]:
+        """The next windows to encode across steps: waiting requests near the head of the queue whose window has
+        no slot yet, as many as a step may encode and slots allow; best-effort ones only when nothing more urgent
+        runs, and one at a time. Only the first few waiting requests are looked at, so encoded windows that wait
+        for admission stay bounded."""
+        encoder = self.scheduler.encoder_windows_per_step
+        most_urgent = min((r.priority for r in self.scheduler.running), default=None)
+        picked: list[Request] = []
+        for request in list(self.scheduler.waiting)[:encoder]:
+            window = request.window
+            if window.slot is not None or any(p.window is window for p in picked):
+                continue
+            if most_urgent is not None and request.priority > most_urgent:
+                break
+            if len(picked) >= self.slot_pool.num_free:
+                break
+            picked.append(request)
+            if request.priority > 0:
+                break
+        return picked
+
+    def _advance_encoder(self) -> list[RequestOutput]:
+        """Run this step's share of the encoder: start a batch when none is in flight, then a few layers of it. A
+        failing chunk falls back to whole-window encodes one by one, so only the faulty window's requests fail."""
+        encoder = self.chunked_encoder
+        if not encoder.busy:
+            requests = self._windows_to_encode()
+            if not requests:
+                return []
+            for request in requests:
+                request.window.slot = self.slot_pool.allocate()
+                request.window.encoding = True
+            encoder.begin(requests)
+        try:
+            done = self.runner.encode_chunk(encoder.batch, encoder.next_stop())
+        except Exception as exc:
+            logger.warning("encoder chunk failed (%s); encoding its windows one by one", exc)
+            batch = encoder.end()
+            return self._encode_contained([r for r in batch.requests if r.cross_slot is not None])
+        if done:
+            encoder.end()
+        return []
 
     # --- fault containment --------------------------------------------------------------------------
     # A model pass is idempotent until its results are applied (the runner advances num_computed only after a

@@ -17,6 +17,7 @@ from vllm_whisper.attention.metadata import PagedAttentionMetadata
 from vllm_whisper.attention.selector import AttentionBackend, get_attention_backend
 from vllm_whisper.engine.alignment import AlignmentOutput, AlignmentRequest
 from vllm_whisper.engine.alignment_pass import AlignmentRow, alignment_heads, run_alignment_pass
+from vllm_whisper.engine.chunked_encoder import EncodingBatch
 from vllm_whisper.engine.request import Request, Sequence
 from vllm_whisper.model_executor.whisper import CrossKV, WhisperModel
 
@@ -54,7 +55,31 @@ class ModelRunner:
     def encode(self, requests: list[Request | AlignmentRequest]) -> None:
         """Encode the windows of newly admitted requests and write their cross K/V into their slots."""
         features = torch.stack([r.features for r in requests]).to(self.model.device)
-        encoder_out = self.model.encode(features, attention=self.backend.encoder)
+        self._store_cross_kv(self.model.encode(features, attention=self.backend.encoder), requests)
+
+    @torch.inference_mode()
+    def encode_chunk(self, batch: EncodingBatch, stop: int) -> bool:
+        """Advance an encoder batch split across steps up to layer `stop`; True once its cross K/V are in the
+        slots. Windows freed meanwhile (every request on them aborted) drop out before their slot is reused."""
+        keep = [i for i, request in enumerate(batch.requests) if request.cross_slot is not None]
+        if len(keep) < len(batch.requests):
+            batch.requests = [batch.requests[i] for i in keep]
+            if batch.hidden is not None and keep:
+                batch.hidden = batch.hidden[keep]
+        if not batch.requests:
+            return True
+        mel = None
+        if batch.hidden is None:
+            mel = torch.stack([r.features for r in batch.requests]).to(self.model.device)
+        batch.hidden = self.model.encode_layers(batch.hidden, mel, batch.next_layer, stop, self.backend.encoder)
+        batch.next_layer = stop
+        if stop < len(self.model.encoder.layers):
+            return False
+        self._store_cross_kv(batch.hidden, batch.requests)
+        return True
+
+    def _store_cross_kv(self, encoder_out: Tensor, requests: list[Request | AlignmentRequest]) -> None:
+        """Project the encoder states to every layer's cross K/V, written straight into the windows' slots."""
         cross_kv = self.model.compute_cross_kv(encoder_out)
         slots = torch.tensor([r.cross_slot for r in requests], device=self.model.device)
         for layer, (k, v) in enumerate(cross_kv):  # vllm_whisper._C op when built, else the same torch copy

@@ -38,9 +38,13 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, blocks: BlockPool, slots: SlotPool, encoder_windows_per_step: int):
+    def __init__(self, config: EngineConfig, blocks: BlockPool, slots: SlotPool, encoder_windows_per_step: int,
+                 encode_in_step: bool = True):
         self.config = config
         self.encoder_windows_per_step = encoder_windows_per_step
+        # False when the engine encodes new windows across steps (chunked_encoder.py): a request is admitted once
+        # its window's K/V are written, never encoded in the step that admits it.
+        self.encode_in_step = encode_in_step
         self.blocks = blocks
         self.slots = slots
         self.waiting: deque[Request] = deque()
@@ -111,6 +115,8 @@ class Scheduler:
                 running_seqs = self.num_running_seqs
                 continue
             new_window = request.window.slot is None
+            if request.window.encoding or (new_window and not self.encode_in_step):
+                break  # its window is (or will be) encoded across steps; admitted once its K/V are written
             if new_window and (self.slots.num_free == 0 or len(out.encode) >= self.encoder_windows_per_step):
                 break
             if most_urgent is not None and request.priority > most_urgent:
@@ -152,6 +158,8 @@ class Scheduler:
             if out.align and tokens + len(request.tokens) > self.config.max_num_batched_tokens:
                 break
             new_window = request.window.slot is None
+            if request.window.encoding:
+                continue
             if new_window and (self.slots.num_free == 0 or len(out.encode) >= self.encoder_windows_per_step):
                 continue
             self.alignments.remove(request)

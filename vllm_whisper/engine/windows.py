@@ -18,6 +18,7 @@ class WindowState:
     slot: int | None = None
     refs: int = 0  # live requests attached
     retained: bool = False
+    encoding: bool = False  # slot taken, encoder split across steps still running: not readable yet
 
 
 class WindowRegistry:

@@ -127,6 +127,13 @@ class WhisperEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.d_model)
 
     def forward(self, mel: Tensor, attention: EncoderAttention = F.scaled_dot_product_attention) -> Tensor:
+        x = self.embed(mel)
+        for layer in self.layers:
+            x = layer(x, attention)
+        return self.layer_norm(x)
+
+    def embed(self, mel: Tensor) -> Tensor:
+        """The convolution stem and positions: (batch, n_mels, 3000) -> (batch, 1500, d_model)."""
         x = F.gelu(self.conv1(mel))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
         if x.shape[1] != self.embed_positions.weight.shape[0]:
@@ -134,10 +141,7 @@ class WhisperEncoder(nn.Module):
                 f"encoder expects {2 * self.embed_positions.weight.shape[0]} mel frames (30 s), "
                 f"got {mel.shape[-1]}; pad features with pad_or_trim_frames"
             )
-        x = x + self.embed_positions.weight
-        for layer in self.layers:
-            x = layer(x, attention)
-        return self.layer_norm(x)
+        return x + self.embed_positions.weight
 
 
 class WhisperDecoder(nn.Module):
@@ -173,6 +177,18 @@ class WhisperModel(nn.Module, SupportsTranscription):
         """(batch, n_mels, 3000) log-mel -> (batch, 1500, d_model) encoder states; `attention` runs the encoder's
         self-attention (default SDPA), passed per call so concurrent callers never share a swapped-in kernel."""
         return self.encoder(mel.to(self.dtype), attention or F.scaled_dot_product_attention)
+
+    def encode_layers(self, x: Tensor | None, mel: Tensor | None, start: int, stop: int,
+                      attention: EncoderAttention | None = None) -> Tensor:
+        """Part of encode(), for encoding split across engine steps: the stem first (x is None: from mel), then
+        encoder layers [start, stop), then the final layer norm once stop is the last layer. Chained calls over
+        0..num_layers give exactly encode()'s result."""
+        attention = attention or F.scaled_dot_product_attention
+        if x is None:
+            x = self.encoder.embed(mel.to(self.dtype))
+        for layer in self.encoder.layers[start:stop]:
+            x = layer(x, attention)
+        return self.encoder.layer_norm(x) if stop >= len(self.encoder.layers) else x
 
     def compute_cross_kv(self, encoder_out: Tensor) -> CrossKV:
         """Project encoder states to every decoder layer's cross-attention K/V (done once per window)."""

@@ -27,14 +27,19 @@ def _patched(engine: LLMEngine, name: str, replacement) -> Iterator[None]:
 @contextmanager
 def failing_encoder(engine: LLMEngine, poisoned: RequestFilter) -> Iterator[None]:
     """Any encoder batch holding a poisoned window raises, as a bad input or kernel fault would."""
-    original = engine.runner.encode
+    original, original_chunk = engine.runner.encode, engine.runner.encode_chunk
 
     def encode(requests: list[Request]) -> None:
         if any(poisoned(r) for r in requests):
             raise RuntimeError("injected encoder fault")
         original(requests)
 
-    with _patched(engine, "encode", encode):
+    def encode_chunk(batch, stop: int) -> bool:  # encoding split across steps (--encoder-layers-per-step)
+        if any(poisoned(r) for r in batch.requests):
+            raise RuntimeError("injected encoder fault")
+        return original_chunk(batch, stop)
+
+    with _patched(engine, "encode", encode), _patched(engine, "encode_chunk", encode_chunk):
         yield
 
 
