@@ -37,6 +37,7 @@ from vllm_whisper.entrypoints.cli_errors import UsageError
 from vllm_whisper.entrypoints.drain import Drain, run_draining
 from vllm_whisper.entrypoints.http_metrics import HTTPResponseCounter
 from vllm_whisper.entrypoints.listen_socket import bind_server_socket
+from vllm_whisper.entrypoints.memory_release import map_large_blocks_separately
 from vllm_whisper.entrypoints.metrics import ServerMetrics
 from vllm_whisper.entrypoints.model_registry import ModelEntry, ModelRegistry
 from vllm_whisper.entrypoints.model_runtime import ModelRuntime, build_runtime
@@ -110,6 +111,8 @@ def create_state(args: argparse.Namespace) -> ServerState:
 
     registry = ModelRegistry(specs, build, getattr(args, "model_ttl", None),
                              getattr(args, "models_memory_budget_gib", None))
+    if several and (registry.ttl is not None or registry.budget_bytes is not None):
+        map_large_blocks_separately()  # models may unload: their freed memory must leave the process
     registry.load_at_start()
     return ServerState(registry, metrics, args.api_key, int(time.time()), drain, args.max_realtime_sessions,
                        protect_metrics=args.protect_metrics)
