@@ -106,6 +106,10 @@ def resolve_model_argument(args: argparse.Namespace, argv: Sequence[str]) -> Non
     elif getattr(args, "models_dir", None) is None:
         models = [args.model]
     args.models = models
+    models_dir = getattr(args, "models_dir", None)
+    if models_dir is not None and not os.path.isdir(models_dir):
+        raise UsageError(f"--models-dir {models_dir} is not a directory; give the folder whose subdirectories are "
+                         "the models")
     if getattr(args, "ray", False) and (len(models) > 1 or getattr(args, "models_dir", None)):
         raise UsageError("--ray serves one model per Serve app; run one `vllm-whisper serve MODEL --ray` per model "
                          f"(drop the extra {MODEL_FLAG} / --models-dir)")
