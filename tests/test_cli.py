@@ -209,7 +209,10 @@ def test_serve_takes_the_model_as_a_positional():
         args = build_server_parser().parse_args(argv)
         resolve_model_argument(args, argv)
         assert args.model == model, argv
-    for argv in (["base", "--model", "tiny.en"], ["base", "--model=tiny.en"]):
+    for argv in (["base", "--model", "tiny.en"], ["base", "--model=tiny.en"]):  # several models: positional first
         args = build_server_parser().parse_args(argv)
-        with pytest.raises(UsageError, match="given twice"):
-            resolve_model_argument(args, argv)
+        resolve_model_argument(args, argv)
+        assert (args.model, args.models) == ("base", ["base", "tiny.en"]), argv
+    args = build_server_parser().parse_args(["base", "--model", "tiny.en", "--ray"])
+    with pytest.raises(UsageError, match="one model per Serve app"):
+        resolve_model_argument(args, ["base", "--model", "tiny.en", "--ray"])

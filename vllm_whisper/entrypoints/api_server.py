@@ -1,6 +1,6 @@
 """The OpenAI-compatible server: `python -m vllm_whisper.entrypoints.api_server --model tiny.en --port 8000`.
 
-FastAPI on uvicorn. One model and one async engine per process; routes convert HTTP into TranscriptionParams
+FastAPI on uvicorn. One async engine per served model (entrypoints/model_registry.py routes by `model`); routes convert HTTP into TranscriptionParams
 and back (entrypoints/openai/). Flags follow vLLM's names where the concept is the same.
 """
 
@@ -24,7 +24,6 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -33,46 +32,59 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from vllm_whisper import __version__
-from vllm_whisper.engine.async_engine import AsyncLLMEngine
-from vllm_whisper.engine.llm_engine import LLMEngine
-from vllm_whisper.engine.setup_info import EngineSetup, engine_setup
-from vllm_whisper.engine_args import EngineArgs
 from vllm_whisper.entrypoints.body_limits import BodyLimitMiddleware, BodyReadTimeout, BodyTooLarge
 from vllm_whisper.entrypoints.cli_errors import UsageError
 from vllm_whisper.entrypoints.drain import Drain, run_draining
 from vllm_whisper.entrypoints.http_metrics import HTTPResponseCounter
 from vllm_whisper.entrypoints.listen_socket import bind_server_socket
+from vllm_whisper.entrypoints.memory_release import map_large_blocks_separately
 from vllm_whisper.entrypoints.metrics import ServerMetrics
+from vllm_whisper.entrypoints.model_registry import ModelEntry, ModelRegistry
+from vllm_whisper.entrypoints.model_runtime import ModelRuntime, build_runtime
+from vllm_whisper.entrypoints.model_specs import model_specs
 from vllm_whisper.entrypoints.openai.errors import OpenAIError
 from vllm_whisper.entrypoints.openai.realtime_base import check_websocket_key
 from vllm_whisper.entrypoints.openai.realtime_endpoint import OPENAI_INTENT, RealtimeEndpoint
-from vllm_whisper.entrypoints.openai.serving_transcription import ServingLimits, TranscriptionService
+from vllm_whisper.entrypoints.openai.serving_transcription import TranscriptionService
 from vllm_whisper.entrypoints.ray_serve.options import check_ray_flags
 from vllm_whisper.entrypoints.server_args import add_server_arguments, build_server_parser  # noqa: F401 (re-export)
 from vllm_whisper.entrypoints.startup_log import startup_line
-from vllm_whisper.entrypoints.stat_logger import EngineStatLogger
-from vllm_whisper.model_executor.loader import LoadedModel
 
 logger = logging.getLogger("vllm_whisper.api_server")
 
 
 @dataclass
 class ServerState:
-    """What the routes share: the model, the engine and the service around them."""
+    """What the routes share: the served models (loaded or not) and the server-wide settings."""
 
-    loaded: LoadedModel
-    engine: AsyncLLMEngine
-    service: TranscriptionService
-    metrics: ServerMetrics
-    served_names: list[str]
+    registry: ModelRegistry
+    metrics: ServerMetrics  # one Prometheus registry; each model records under its own model_name label
     api_key: str | None
     created: int
     drain: Drain = field(default_factory=Drain)
     max_realtime_sessions: int = 32
     realtime_sessions: int = 0  # open realtime WebSockets (each also counts as one request in progress)
     protect_metrics: bool = False  # /metrics needs the API key too
-    stat_logger: EngineStatLogger | None = None  # the periodic engine line; None with --disable-log-stats
-    setup: EngineSetup | None = None  # what the engine was built with (the start-up line)
+
+    @property
+    def default(self) -> ModelRuntime:
+        """The first model's runtime (always loaded): what a request without `model` runs on."""
+        runtime = self.registry.default.runtime
+        if runtime is None:
+            raise RuntimeError("the default model is not loaded")
+        return runtime
+
+    # The default model's parts, under the names a one-model server has always had.
+    loaded = property(lambda self: self.default.loaded)
+    engine = property(lambda self: self.default.engine)
+    service = property(lambda self: self.default.service)
+    stat_logger = property(lambda self: self.default.stat_logger)
+    setup = property(lambda self: self.default.setup)
+
+    @property
+    def served_names(self) -> list[str]:
+        """Every name a request may send as `model`, the default model's first."""
+        return self.registry.served_names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,43 +92,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def create_state(args: argparse.Namespace) -> ServerState:
-    """Load the model and start the engine thread."""
-    engine_args = EngineArgs.from_cli_args(args)
-    llm_engine = engine_args.create_engine()
-    loaded, config = llm_engine.loaded, llm_engine.config
-    warm_up(llm_engine)
-    engine = AsyncLLMEngine(llm_engine, restart_on_failure=args.restart_engine_on_failure)
-    served = engine_args.served_names
-    metrics = ServerMetrics.create(served[0])
-    engine.add_stats_listener(metrics.record_iteration)
-    stat_logger = None if args.disable_log_stats else EngineStatLogger(engine, args.log_stats_interval).start()
-    limits = ServingLimits(
-        max_audio_bytes=int(args.max_audio_filesize_mb * 2**20),
-        max_concurrent_requests=config.max_num_seqs + args.max_waiting_requests,
-        max_new_tokens=config.default_max_new_tokens,
-        max_audio_seconds=args.max_audio_duration,
-        upload_read_timeout=args.upload_read_timeout,
-    )
+    """Load the model(s) and start their engine threads (with --model-ttl only the first loads now)."""
+    specs = model_specs(args)
+    metrics = ServerMetrics.create(specs[0].served_names[0])
     drain = Drain(timeout=args.shutdown_timeout)
-    service = TranscriptionService(engine, served, limits, metrics, drain)
-    return ServerState(loaded, engine, service, metrics, served, args.api_key, int(time.time()), drain,
-                       args.max_realtime_sessions, protect_metrics=args.protect_metrics, stat_logger=stat_logger,
-                       setup=engine_setup(llm_engine))
+    several = len(specs) > 1
 
+    def build(entry: ModelEntry) -> ModelRuntime:
+        own_metrics = metrics if entry.index == 0 else metrics.for_model(entry.spec.served_names[0])
+        runtime = build_runtime(entry.spec, args, own_metrics, drain, entry.index,
+                                entry.spec.name if several else None)
+        if several:
+            runtime.service.route = route
+        return runtime
 
-def warm_up(engine: LLMEngine) -> None:
-    """Run one short window through the engine and load the VAD model, so the first client does not pay for
-    lazy initialisation (kernel selection, allocator growth, model files)."""
-    from vllm_whisper.audio.vad import speech_probabilities
-    from vllm_whisper.params import TranscriptionParams
-    from vllm_whisper.transcribe.batch import transcribe_batch
+    async def route(name: str | None) -> TranscriptionService:
+        return (await registry.acquire(name)).service
 
-    noise = np.random.default_rng(0).normal(0, 0.01, 16000).astype(np.float32)
-    started = time.perf_counter()
-    transcribe_batch(engine, [noise], TranscriptionParams(max_new_tokens=8, temperature=(0.0,),
-                                                          silence_threshold_db=None))
-    speech_probabilities(noise)
-    logger.info("warm-up done in %.2f s", time.perf_counter() - started)
+    registry = ModelRegistry(specs, build, getattr(args, "model_ttl", None),
+                             getattr(args, "models_memory_budget_gib", None))
+    if several and (registry.ttl is not None or registry.budget_bytes is not None):
+        map_large_blocks_separately()  # models may unload: their freed memory must leave the process
+    registry.load_at_start()
+    return ServerState(registry, metrics, args.api_key, int(time.time()), drain, args.max_realtime_sessions,
+                       protect_metrics=args.protect_metrics)
 
 
 def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> FastAPI:
@@ -157,7 +156,7 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
 
     @app.post("/v1/audio/translations")
     async def translations(request: Request) -> Response:
-        if not state.loaded.tokenizer.is_multilingual:
+        if len(state.registry.entries) == 1 and not state.loaded.tokenizer.is_multilingual:
             raise OpenAIError(400, f"The English-only model {state.served_names[0]!r} cannot translate; serve a "
                               "multilingual model such as 'base'.", param="model")
         return await state.service.handle(request, "translate")
@@ -177,6 +176,11 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
         if state.realtime_sessions >= state.max_realtime_sessions or state.drain.started:
             await _refuse_websocket(websocket, state)
             return
+        try:  # the session's model: ?model=NAME on the URL (the default model without it)
+            runtime = await state.registry.acquire(websocket.query_params.get("model"))
+        except OpenAIError as error:
+            await _deny_websocket(websocket, error)
+            return
         await websocket.accept(subprotocol="realtime" if "realtime" in subprotocols else None)
         if intent not in (None, OPENAI_INTENT):
             await websocket.send_json({"type": "error", "error": {
@@ -185,16 +189,16 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
                            "realtime protocol) only"}})
             await websocket.close(code=1003)
             return
-        endpoint = RealtimeEndpoint(websocket, intent, state.engine, state.served_names,
-                                    state.loaded.tokenizer.is_multilingual)
+        names = state.served_names if len(state.registry.entries) == 1 else list(runtime.spec.served_names)
+        endpoint = RealtimeEndpoint(websocket, intent, runtime.engine, names, runtime.loaded.tokenizer.is_multilingual)
         state.drain.on_start.append(endpoint.close_for_shutdown)
         state.realtime_sessions += 1
-        state.service.in_progress += 1
+        runtime.service.in_progress += 1
         try:
             await endpoint.run()
         finally:
             state.realtime_sessions -= 1
-            state.service.in_progress -= 1
+            runtime.service.in_progress -= 1
             state.drain.on_start.remove(endpoint.close_for_shutdown)
 
     @app.get("/v1/models")
@@ -203,14 +207,15 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict:
-        if model_id not in state.served_names:
-            raise OpenAIError(404, f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
+        state.registry.entry(model_id)  # 404 naming the served models
         return _model_card(state, model_id)
 
     @app.get("/health")
     async def health() -> Response:
-        if not state.engine.is_running:
-            return JSONResponse({"status": "engine stopped"}, status_code=503)
+        stopped = [runtime.spec.name for runtime in state.registry.loaded if not runtime.engine.is_running]
+        if stopped:
+            status = "engine stopped" if len(state.registry.entries) == 1 else f"engine stopped: {', '.join(stopped)}"
+            return JSONResponse({"status": status}, status_code=503)
         return Response(status_code=200)
 
     @app.get("/version")
@@ -219,7 +224,8 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        state.metrics.update_engine(state.engine.stats)
+        for runtime in state.registry.loaded:
+            runtime.metrics.update_engine(runtime.engine.stats)
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # Outermost: counts what the client receives, including the other middlewares' 401 / 503 answers.
@@ -250,10 +256,27 @@ async def _refuse_websocket(websocket: WebSocket, state: ServerState) -> None:
     await websocket.close(code=1013, reason=error.code or "busy")
 
 
+async def _deny_websocket(websocket: WebSocket, error: OpenAIError) -> None:
+    """A session for an unknown model (404) or one that cannot load (503): a denial response where the server can
+    send one, else an error event and close code 1008."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(error.body(), error.status, headers=error.headers()))
+        return
+    await websocket.accept()
+    await websocket.send_json({"type": "error", "error": {**error.body()["error"], "event_id": None}})
+    await websocket.close(code=1008, reason=error.code or "refused")
+
+
 def _model_card(state: ServerState, name: str) -> dict:
-    return {"id": name, "object": "model", "created": state.created, "owned_by": "vllm-whisper",
-            "root": state.loaded.name, "max_model_len": state.engine.config.max_model_len,
-            "languages": sorted(state.loaded.tokenizer.supported_languages)}
+    """OpenAI's model object plus vLLM's root and max_model_len, the languages (once loaded) and `loaded`."""
+    entry = state.registry.entry(name)
+    runtime = entry.runtime
+    card = {"id": name, "object": "model", "created": state.created, "owned_by": "vllm-whisper",
+            "root": runtime.loaded.name if runtime is not None else entry.spec.engine_args.model,
+            "max_model_len": entry.spec.engine_args.max_model_len, "loaded": runtime is not None}
+    if runtime is not None:
+        card["languages"] = sorted(runtime.loaded.tokenizer.supported_languages)
+    return card
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -330,15 +353,17 @@ def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> N
         raise
     app = build_app(state, origins)
     host, port = sock.getsockname()[:2]
-    logger.info("%s", startup_line(state.setup, state.served_names, host, port))
+    for entry in state.registry.entries:
+        if entry.runtime is not None:
+            logger.info("%s", startup_line(entry.runtime.setup, list(entry.spec.served_names), host, port, entry.index))
+        else:
+            logger.info("Engine %03d (%s): loads on its first request", entry.index, entry.spec.name)
     config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout, limit_concurrency=args.max_connections)
     try:
         run_draining(config, state.drain, sockets=[sock])
     finally:
-        if state.stat_logger is not None:
-            state.stat_logger.stop()
-        state.engine.shutdown()
+        state.registry.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ histograms of the HTTP API (time to first text, end-to-end latency) are per uplo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -103,6 +104,11 @@ class ServerMetrics:
             real_time_factor=histogram("vllm_whisper:request_real_time_factor",
                                        "Audio seconds per wall-clock second, per request.", RTF_BUCKETS, own_labels),
         )
+
+    def for_model(self, model_name: str) -> "ServerMetrics":
+        """The same collectors (one registry, one /metrics page) recording under another model's `model_name`
+        label, for a server with several models."""
+        return dataclasses.replace(self, model_name=model_name, alignment_passes_seen=0)
 
     @property
     def _engine_labels(self) -> tuple[str, str]:

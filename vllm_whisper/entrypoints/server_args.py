@@ -29,8 +29,21 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """The model as an optional positional (vLLM's `serve MODEL`), the engine flags (EngineArgs, shared with every
     entry point), then the server-only flags."""
     parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
-                        help=f"the model to serve, as {MODEL_FLAG} (which is still accepted); default: {MODEL_FLAG}'s")
+                        help=f"the model to serve, as {MODEL_FLAG} (which is still accepted); default: {MODEL_FLAG}'s. "
+                             f"Give {MODEL_FLAG} again (or --models-dir) to serve several models, routed by the "
+                             "request's `model`; the first is the default")
     EngineArgs.add_cli_args(parser)
+    group = parser.add_argument_group("several models", "more than one model behind one server (see README)")
+    group.add_argument("--models-dir", default=None, metavar="DIR",
+                       help="serve every model subdirectory of DIR as well, each named by its directory name")
+    group.add_argument("--model-ttl", type=_positive_seconds, default=None, metavar="SECONDS",
+                       help="unload a model other than the first after it has been idle this long, freeing its "
+                            "memory; it loads again on its next request (default: never unload). With a TTL the "
+                            "other models load on their first request instead of at start-up")
+    group.add_argument("--models-memory-budget-gib", type=_positive_gib, default=None, metavar="GIB",
+                       help="most GiB the loaded models may take together (checkpoint bytes + --kv-cache-space "
+                            "each); a model that does not fit first unloads idle ones, else its requests get 503 "
+                            "(default: no budget)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port, logged at start-up)")
     parser.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"),
@@ -76,21 +89,35 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _positive_gib(value: str) -> float:
+    gib = float(value)
+    if not gib > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of GiB, got {value}")
+    return gib
+
+
 def resolve_model_argument(args: argparse.Namespace, argv: Sequence[str]) -> None:
-    """`serve MODEL`: the positional sets args.model; giving both it and a different --model is an error."""
+    """`serve A --model B ...`: args.models lists the served models in order (the positional first, repeats
+    dropped) and args.model is the first; an empty list means the default model or --models-dir's alone."""
     tag = getattr(args, "model_tag", None)
-    if tag is None:
-        return
-    given = model_flag_value(argv)
-    if given is not None and given != tag:
-        raise UsageError(f"the model is given twice, as {tag!r} and as {MODEL_FLAG} {given!r}; give it once "
-                         f"(vllm-whisper serve MODEL, or {MODEL_FLAG} MODEL)")
-    args.model = tag
+    models = list(dict.fromkeys(([tag] if tag is not None else []) + model_flag_values(argv)))
+    if models:
+        args.model = models[0]
+    elif getattr(args, "models_dir", None) is None:
+        models = [args.model]
+    args.models = models
+    models_dir = getattr(args, "models_dir", None)
+    if models_dir is not None and not os.path.isdir(models_dir):
+        raise UsageError(f"--models-dir {models_dir} is not a directory; give the folder whose subdirectories are "
+                         "the models")
+    if getattr(args, "ray", False) and (len(models) > 1 or getattr(args, "models_dir", None)):
+        raise UsageError("--ray serves one model per Serve app; run one `vllm-whisper serve MODEL --ray` per model "
+                         f"(drop the extra {MODEL_FLAG} / --models-dir)")
 
 
-def model_flag_value(argv: Sequence[str]) -> str | None:
-    """The value of --model among the arguments (spelt --model X, --model=X or an abbreviation), None if absent."""
+def model_flag_values(argv: Sequence[str]) -> list[str]:
+    """Every value of --model among the arguments (spelt --model X, --model=X or an abbreviation), in order."""
     probe = argparse.ArgumentParser(add_help=False)
-    probe.add_argument(MODEL_FLAG, dest="model", default=None)
+    probe.add_argument(MODEL_FLAG, dest="model", action="append", default=[])
     known, _ = probe.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     return known.model

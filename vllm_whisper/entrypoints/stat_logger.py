@@ -50,10 +50,11 @@ class IntervalStats:
     def is_active(self) -> bool:
         return self.has_throughput or bool(self.now.num_running or self.now.num_waiting)
 
-    def line(self, engine_index: int = 0) -> str:
+    def line(self, engine_index: int = 0, model: str | None = None) -> str:
         rate = 1.0 / self.seconds if self.seconds > 0 else 0.0
         now = self.now
-        return (f"Engine {engine_index:03d}: Avg prompt throughput: {self.prompt_tokens * rate:.1f} tokens/s, "
+        name = f" ({model})" if model else ""
+        return (f"Engine {engine_index:03d}{name}: Avg prompt throughput: {self.prompt_tokens * rate:.1f} tokens/s, "
                 f"Avg generation throughput: {self.generation_tokens * rate:.1f} tokens/s, "
                 f"Avg audio throughput: {self.audio_seconds * rate:.1f} s/s, "
                 f"Running: {now.num_running} reqs, Waiting: {now.num_waiting} reqs, "
@@ -65,11 +66,12 @@ class IntervalStats:
 class EngineStatLogger:
     """Logs IntervalStats.line every `interval` seconds while the engine is active; stops with the engine."""
 
-    def __init__(self, engine: AsyncLLMEngine, interval: float):
+    def __init__(self, engine: AsyncLLMEngine, interval: float, engine_index: int = 0, model: str | None = None):
         if interval <= 0:
             raise ValueError(f"--log-stats-interval must be a positive number of seconds, got {interval}")
         self.engine = engine
         self.interval = interval
+        self.engine_index, self.model = engine_index, model  # the model is named when a server serves several
         self._stop = threading.Event()
         self._last = engine.stats
         self._last_at = time.monotonic()
@@ -90,7 +92,7 @@ class EngineStatLogger:
         now, at = self.engine.stats, time.monotonic()
         interval = IntervalStats.between(self._last, now, at - self._last_at)
         if interval.is_active or self._last_had_throughput:
-            STATS_LOGGER.info("%s", interval.line())
+            STATS_LOGGER.info("%s", interval.line(self.engine_index, self.model))
         self._last, self._last_at, self._last_had_throughput = now, at, interval.has_throughput
         return interval
 

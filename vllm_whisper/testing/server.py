@@ -13,6 +13,7 @@ from typing import Iterator
 import uvicorn
 
 from vllm_whisper.entrypoints.api_server import ServerState, build_app, build_parser, create_state
+from vllm_whisper.entrypoints.server_args import resolve_model_argument
 
 
 @dataclass
@@ -25,6 +26,7 @@ class RunningServer:
 def serve_in_thread(*flags: str, startup_timeout: float = 120.0) -> Iterator[RunningServer]:
     """Start the server with these command-line flags; stop it (and its engine) on exit."""
     args = build_parser().parse_args(list(flags))
+    resolve_model_argument(args, flags)  # `--model A --model B` serves both, as on the command line
     state = create_state(args)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -44,5 +46,5 @@ def serve_in_thread(*flags: str, startup_timeout: float = 120.0) -> Iterator[Run
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        state.engine.shutdown()
+        state.registry.shutdown()
         sock.close()

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
@@ -63,6 +63,9 @@ class TranscriptionService:
         self.limits = limits
         self.metrics = metrics
         self.in_progress = 0
+        # A server with several models routes each upload by its `model` field to that model's service
+        # (entrypoints/model_registry.py); None: this service answers its own names alone.
+        self.route: Callable[[str | None], Awaitable[TranscriptionService]] | None = None
 
     async def handle(self, request: Request, task: str) -> Response:
         """Serve one upload; however it ends, it gets one line on the request log (entrypoints/request_log.py)."""
@@ -82,6 +85,13 @@ class TranscriptionService:
     async def _handle(self, request: Request, task: str, record: RequestRecord) -> Response:
         self._check_declared_size(request)
         form_request, data, filename = await self._read_form(request)
+        target = await self.route(form_request.model) if self.route is not None else self
+        record.model = target.served_names[0]
+        return await target._serve(request, task, record, form_request, data, filename)
+
+    async def _serve(self, request: Request, task: str, record: RequestRecord, form_request: TranscriptionRequest,
+                     data: bytes, filename: str) -> Response:
+        """Run a read upload on this service's model."""
         params = self._params(form_request, task)
         if self.in_progress >= self.limits.max_concurrent_requests:
             raise OpenAIError(429, f"The server is busy with {self.in_progress} requests; retry shortly.",
@@ -161,7 +171,7 @@ class TranscriptionService:
         if not data:
             raise bad_request("The uploaded file is empty.", "file", "empty_file")
         parsed = parse_form(form, form.getlist)
-        if parsed.model and parsed.model not in self.served_names:
+        if self.route is None and parsed.model and parsed.model not in self.served_names:
             raise OpenAIError(404, f"The model {parsed.model!r} does not exist; this server serves "
                               f"{', '.join(self.served_names)}.", param="model", code="model_not_found")
         return parsed, data, upload.filename or "upload"
