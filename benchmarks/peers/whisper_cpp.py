@@ -1,7 +1,8 @@
 """whisper.cpp as a CPU peer (through pywhispercpp): transcribe files one after another on a converted ggml model.
 
-Greedy, English, no timestamps, no conditioning on previous text; files are decoded by our own audio loader so the
-three systems read audio the same way. The model file comes from convert_to_ggml.py.
+Greedy (no temperature fallback), English, no conditioning on previous text, no timestamps unless asked for; files
+are decoded by our own audio loader so every system reads audio the same way. The model file comes from
+convert_to_ggml.py.
 """
 
 from __future__ import annotations
@@ -20,19 +21,26 @@ class WhisperCppUnavailable(RuntimeError):
 
 @dataclass
 class WhisperCppRun:
-    """Texts in input order and the wall time of the whole list (model loading and warm-up excluded)."""
+    """Texts in input order, each file's segment starts (seconds), and the wall time of the whole list."""
 
     texts: list[str]
+    starts: list[list[float]]
     wall_s: float
     tokens: int
 
 
-def load_whisper_cpp(model_file: Path, threads: int):
-    """A pywhispercpp Model on `model_file` with `threads` threads, whisper.cpp's own logging silenced."""
+def require_pywhispercpp():
+    """pywhispercpp's Model class, or WhisperCppUnavailable saying how to install it."""
     try:
         from pywhispercpp.model import Model
     except ImportError as exc:  # also the AVX2-only wheel failing to load on an older CPU
         raise WhisperCppUnavailable(f"pywhispercpp is not usable ({exc}): {INSTALL_HINT}") from exc
+    return Model
+
+
+def load_whisper_cpp(model_file: Path, threads: int):
+    """A pywhispercpp Model on `model_file` with `threads` threads, whisper.cpp's own logging silenced."""
+    Model = require_pywhispercpp()
     if not Path(model_file).is_file():
         raise FileNotFoundError(f"whisper.cpp model {model_file} does not exist; make it with convert_to_ggml.py")
     return Model(str(model_file), n_threads=threads, redirect_whispercpp_logs_to=None, print_progress=False,
@@ -40,17 +48,19 @@ def load_whisper_cpp(model_file: Path, threads: int):
                  no_timestamps=True, temperature=0.0, temperature_inc=0.0, greedy={"best_of": 1})
 
 
-def transcribe_files(model, paths: list[Path], progress=None) -> WhisperCppRun:
-    """Decode and transcribe each file in turn; `progress` optionally wraps the list (a tqdm-like callable)."""
+def transcribe_files(model, paths: list, timestamps: bool = False, progress=None) -> WhisperCppRun:
+    """Decode and transcribe each file (a path or a 16 kHz float32 array) in turn; `progress` optionally wraps the
+    list (a tqdm-like callable). timestamps=True decodes timestamp tokens too, as our engine does by default."""
     from vllm_whisper.audio import load_audio
 
-    texts, tokens = [], 0
+    texts, starts, tokens = [], [], 0
     start = time.perf_counter()
-    for path in (progress(paths) if progress else paths):
-        segments = model.transcribe(load_audio(path))
+    for item in (progress(paths) if progress else paths):
+        segments = model.transcribe(load_audio(item), no_timestamps=not timestamps)
         texts.append("".join(s.text for s in segments).strip())
+        starts.append([s.t0 / 100 for s in segments])  # whisper.cpp counts time in 10 ms steps
         tokens += text_tokens(model, len(segments))
-    return WhisperCppRun(texts, time.perf_counter() - start, tokens)
+    return WhisperCppRun(texts, starts, time.perf_counter() - start, tokens)
 
 
 def text_tokens(model, n_segments: int) -> int:
