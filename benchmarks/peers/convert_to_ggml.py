@@ -16,7 +16,6 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ggml_format import (  # noqa: E402  (sibling module; benchmarks/peers is not a package)
@@ -28,7 +27,7 @@ from ggml_format import (  # noqa: E402  (sibling module; benchmarks/peers is no
     write_ggml_model,
 )
 
-TYPES = ("f16", "q8_0")
+TYPES = ("f32", "f16", "q8_0")
 
 # our (Hugging Face) names -> openai/whisper's, which whisper.cpp looks tensors up by
 _LAYER_PARTS = {
@@ -54,7 +53,7 @@ class ConversionError(RuntimeError):
 
 
 def openai_name(name: str) -> str:
-    """openai/whisper's name of one of our state-dict keys (encoder.layers.0.fc1.weight -> encoder.blocks.0.mlp.0.weight)."""
+    """openai/whisper's name for our state-dict key: encoder.layers.0.fc1.weight -> encoder.blocks.0.mlp.0.weight."""
     if name in _TOP_LEVEL:
         return _TOP_LEVEL[name]
     if name.startswith(("encoder.conv1.", "encoder.conv2.")):
@@ -68,7 +67,7 @@ def openai_name(name: str) -> str:
 
 def tensor_kind(name: str, n_dims: int, target: str) -> str:
     """ggml type of one tensor in a file of type `target`: what whisper.cpp's loader expects for it."""
-    if n_dims < 2 or name in _ALWAYS_F32:
+    if target == "f32" or n_dims < 2 or name in _ALWAYS_F32:
         return "f32"
     if target == "q8_0" and n_dims == 2:
         return "q8_0"
@@ -102,12 +101,19 @@ def vocabulary(tokenizer) -> list[bytes]:
 
 def convert(model: str, out: Path, target: str = "f16") -> Path:
     """Load `model` through our loader (float32) and write it to `out` as a whisper.cpp file of type `target`."""
-    if target not in TYPES:
-        raise ConversionError(f"unknown whisper.cpp type {target!r}; use one of {', '.join(TYPES)}")
-    from vllm_whisper.audio.features import mel_filters
     from vllm_whisper.model_executor.loader import load_model
 
-    loaded = load_model(model, dtype="float32", device="cpu")
+    if target not in TYPES:
+        raise ConversionError(f"unknown whisper.cpp type {target!r}; use one of {', '.join(TYPES)}")
+    return convert_loaded(load_model(model, dtype="float32", device="cpu"), out, target)
+
+
+def convert_loaded(loaded, out: Path, target: str = "f16") -> Path:
+    """Write a loaded float model (a LoadedModel, not int8-quantized) as a whisper.cpp file of type `target`."""
+    from vllm_whisper.audio.features import mel_filters
+
+    if target not in TYPES:
+        raise ConversionError(f"unknown whisper.cpp type {target!r}; use one of {', '.join(TYPES)}")
     config = loaded.config
     ftype = GGML_FTYPE[target] + (GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR if target == "q8_0" else 0)
     hparams = GgmlHparams(
