@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -247,10 +248,10 @@ def launch_target(target: Target, args: argparse.Namespace, logs: Path) -> tuple
                                   args.device, torch.cuda.is_available())
     command = [*ours, "--ray", "--num-replicas", str(target.replicas), "--num-cpus-per-replica",
                f"{resources.num_cpus:g}", "--num-gpus-per-replica", f"{resources.num_gpus:g}"]
-    # A private Ray temp dir: this launch's Ray never meets another Ray on the machine, and is found by its marker.
-    ray_tmp = logs / f"ray-{target.replicas}"  # inside the run's temporary folder: removed with it
-    ray_tmp.mkdir(exist_ok=True)
-    return target.name, LaunchedServer(command, port, log, replicas=target.replicas, env={"RAY_TMPDIR": str(ray_tmp)},
+    # A private Ray temp dir, short (Ray's Unix sockets live below it): this launch's Ray meets no other Ray.
+    ray_tmp = tempfile.mkdtemp(prefix="vwray-", dir="/tmp")
+    print(f"{target.name}: Ray temp dir {ray_tmp}")
+    return target.name, LaunchedServer(command, port, log, replicas=target.replicas, env={"RAY_TMPDIR": ray_tmp},
                                        stop_timeout=args.serve_stop_timeout)
 
 
@@ -294,6 +295,8 @@ async def benchmark_target(target: Target, args: argparse.Namespace, clips: list
         return row
     finally:
         left = server.stop()
+        if "RAY_TMPDIR" in server.env:
+            shutil.rmtree(server.env["RAY_TMPDIR"], ignore_errors=True)
         if left:
             print(f"{system}: killed {len(left)} leftover process(es) after shutdown: "
                   f"{', '.join(p.cmdline.split()[0] for p in left)}")

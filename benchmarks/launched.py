@@ -36,6 +36,7 @@ class LaunchedServer:
         self.replicas = replicas
         self.stop_timeout = stop_timeout
         self.replica_ids: set[str] = set()
+        self.env = dict(env or {})
         self.marker = f"{MARKER_ENV}={uuid.uuid4().hex}"  # inherited by everything it starts, Ray's daemons too
         self.log = log.open("w")
         self.process = subprocess.Popen(
@@ -44,7 +45,10 @@ class LaunchedServer:
 
     def _check_alive(self) -> None:
         if self.process.poll() is not None:
-            raise RuntimeError(f"the server exited with {self.process.returncode}; see {self.log.name}")
+            self.log.flush()
+            tail = "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-15:])
+            raise RuntimeError(f"the server exited with {self.process.returncode}; the end of its log "
+                               f"({self.log.name}):\n{tail}")
 
     async def wait_ready(self, timeout: float = 300.0) -> None:
         """Poll /health; with replicas > 0, keep probing (several at once) until that many replica ids answered."""

@@ -93,6 +93,8 @@ def print_capacity(overhead: ProxyOverhead, table: list[CapacityRow]) -> None:
           f"{fmt(None if overhead.proxy_cpu_s_per_request is None else overhead.proxy_cpu_s_per_request * 1000, '.1f')}"
           f" ms (one proxy core forwards at most "
           f"{fmt(1 / overhead.proxy_cpu_s_per_request if overhead.proxy_cpu_s_per_request else None, '.0f')} req/s)")
+    if overhead.throughput_loss < 0 or (overhead.added_latency_s or 0) < 0:
+        print("  (a negative cost is this run's noise, e.g. other load on the machine: the model takes the loss as 0)")
     print("Capacity model: N replicas x single-engine req/s x (1 - loss), capped by the proxy")
     print(f"{'replicas':>8} {'engines':>9} {'proxy cap':>9} {'req/s':>9} {'bound by':>9} {'measured':>9}")
     for row in table:
