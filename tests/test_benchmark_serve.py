@@ -93,8 +93,8 @@ def test_benchmark_single_server_next_to_serve_one_replica(tmp_path):
     out = tmp_path / "serve.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "benchmark_serving.py"), "--model", "tiny.en", "--targets",
-         "vllm-whisper,serve-1", "--concurrency", "2", "--duration", "3", "--clips", "2", "--max-sentences", "1",
-         "--idle-probes", "2", "--stream", "--capacity-replicas", "1,2", "--json", str(out)],
+         "vllm-whisper,serve-1", "--concurrency", "2", "--duration", "2", "--clips", "2", "--max-sentences", "1",
+         "--idle-probes", "1", "--stream", "--capacity-replicas", "1,2", "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
