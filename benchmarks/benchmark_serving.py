@@ -3,11 +3,14 @@ concurrent clients, or a fixed request rate, for a fixed time; streaming or not.
 
 Reports requests/s, real-time factor (audio seconds answered per wall second), time to first token and
 inter-token latency from the SSE stream, end-to-end p50/p90/p99, and error counts (4xx, 5xx, lost = no answer).
-Without --base-url it launches our server and the faster-whisper peer (benchmarks/peers/) on the same weights
-and runs the same load against each, one after the other.
+Without --base-url it launches the --targets (default: our server and the faster-whisper peer, benchmarks/peers/,
+on the same weights; serve-N: our server on Ray Serve with N replicas) and runs the same load against each, one
+after the other; with vllm-whisper and serve-1 it ends with Serve's proxy overhead and a capacity model
+(serve_capacity.py).
 
     python benchmarks/benchmark_serving.py --concurrency 64 --duration 60 --stream --json serving.json
     python benchmarks/benchmark_serving.py --base-url http://127.0.0.1:8000 --concurrency 8 --duration 30
+    python benchmarks/benchmark_serving.py --targets vllm-whisper,serve-1,serve-2 --concurrency 8 --duration 30 --stream
 """
 
 from __future__ import annotations
@@ -273,6 +276,7 @@ async def idle_latencies(url: str, args: argparse.Namespace, clip: Clip) -> list
 
 
 async def benchmark_target(target: Target, args: argparse.Namespace, clips: list[Clip], logs: Path) -> dict | None:
+    """Launch, wait for every replica, warm up, probe the idle latency, load, and stop: the target's row."""
     launched = launch_target(target, args, logs)
     if launched is None:
         return None
@@ -303,6 +307,7 @@ async def benchmark_target(target: Target, args: argparse.Namespace, clips: list
 
 
 async def benchmark_launched(args: argparse.Namespace, clips: list[Clip], logs: Path) -> list[dict]:
+    """Each target in turn, in the same run: one row each (none for a peer that is not installed)."""
     rows = []
     for target in parse_targets(args.targets):
         row = await benchmark_target(target, args, clips, logs)
