@@ -3,11 +3,14 @@ concurrent clients, or a fixed request rate, for a fixed time; streaming or not.
 
 Reports requests/s, real-time factor (audio seconds answered per wall second), time to first token and
 inter-token latency from the SSE stream, end-to-end p50/p90/p99, and error counts (4xx, 5xx, lost = no answer).
-Without --base-url it launches our server and the faster-whisper peer (benchmarks/peers/) on the same weights
-and runs the same load against each, one after the other.
+Without --base-url it launches the --targets (default: our server and the faster-whisper peer, benchmarks/peers/,
+on the same weights; serve-N: our server on Ray Serve with N replicas) and runs the same load against each, one
+after the other; with vllm-whisper and serve-1 it ends with Serve's proxy overhead and a capacity model
+(serve_capacity.py).
 
     python benchmarks/benchmark_serving.py --concurrency 64 --duration 60 --stream --json serving.json
     python benchmarks/benchmark_serving.py --base-url http://127.0.0.1:8000 --concurrency 8 --duration 30
+    python benchmarks/benchmark_serving.py --targets vllm-whisper,serve-1,serve-2 --concurrency 8 --duration 30 --stream
 """
 
 from __future__ import annotations
@@ -15,15 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -31,6 +32,11 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, progress  # noqa: E402
+from launched import LaunchedServer, free_port  # noqa: E402,F401 (LaunchedServer, free_port: re-exported)
+from proc_tree import cpu_seconds  # noqa: E402
+from serve_capacity import (SERVE_ONE, SINGLE, capacity_model, parse_replicas, print_capacity,  # noqa: E402
+                            proxy_overhead)
+from targets import DEFAULT_TARGETS, Target, parse_targets, replica_resources  # noqa: E402
 
 from vllm_whisper.engine_args import EngineArgs  # noqa: E402
 
@@ -205,79 +211,108 @@ def load_clips(paths: list[Path]) -> list[Clip]:
     return [Clip(p.name, p.read_bytes(), len(load_audio(p)) / 16000) for p in paths]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LaunchedServer:
-    """A server subprocess, ready once /health answers."""
-
-    def __init__(self, command: list[str], port: int, log: Path):
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log.open("w")
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    async def wait_ready(self, timeout: float = 300.0) -> None:
-        deadline = time.perf_counter() + timeout
-        async with aiohttp.ClientSession() as session:
-            while time.perf_counter() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited; see {self.log.name}")
-                try:
-                    async with session.get(f"{self.url}/health") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.3)
-        raise RuntimeError(f"the server did not become healthy in {timeout} s")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
-def server_commands(args: argparse.Namespace, port: int) -> dict[str, list[str]]:
+def engine_flags(args: argparse.Namespace) -> list[str]:
+    """Our engine's flags for every launch of it; --max-num-seqs follows --concurrency."""
     engine_args = EngineArgs.from_cli_args(args)
     engine_args.max_num_seqs = max(args.concurrency, 1)
-    ours = [sys.executable, "-m", "vllm_whisper.entrypoints.api_server", "--port", str(port),
-            *engine_args.to_cli_args(), "--log-level", "warning"]
-    commands = {"vllm-whisper": ours}
+    return engine_args.to_cli_args()
+
+
+def peer_command(args: argparse.Namespace, port: int) -> list[str] | None:
+    """The faster-whisper server on the same weights, or None when faster-whisper is not installed."""
     try:
         import faster_whisper  # noqa: F401
     except ImportError:
-        print("faster-whisper is not installed: no peer row")
-        return commands
+        return None
     from vllm_whisper.model_executor.aliases import OFFLINE_ALIASES, resolve_alias
 
     directory = str(resolve_alias(args.model) if args.model in OFFLINE_ALIASES else args.model)
-    commands[f"faster-whisper server ({args.peer_compute_type})"] = [
-        sys.executable, str(ROOT / "benchmarks" / "peers" / "faster_whisper_server.py"), "--model-dir", directory,
-        "--port", str(port), "--compute-type", args.peer_compute_type]
-    return commands
+    return [sys.executable, str(ROOT / "benchmarks" / "peers" / "faster_whisper_server.py"), "--model-dir", directory,
+            "--port", str(port), "--compute-type", args.peer_compute_type]
+
+
+def launch_target(target: Target, args: argparse.Namespace, logs: Path) -> tuple[str, LaunchedServer] | None:
+    """Start one target on a free port: (the row's system name, the server), None for a peer that is missing."""
+    port = free_port()
+    ours = [sys.executable, "-m", "vllm_whisper.entrypoints.api_server", "--port", str(port), *engine_flags(args),
+            "--log-level", "warning"]
+    log = logs / f"{target.name}.log"
+    if target.kind == "single":
+        return target.name, LaunchedServer(ours, port, log)
+    if target.kind == "peer":
+        command = peer_command(args, port)
+        if command is None:
+            print("faster-whisper is not installed: no peer row")
+            return None
+        return f"faster-whisper server ({args.peer_compute_type})", LaunchedServer(command, port, log)
+    import torch
+
+    resources = replica_resources(target.replicas, args.serve_cpus_per_replica, args.serve_gpus_per_replica,
+                                  args.device, torch.cuda.is_available())
+    command = [*ours, "--ray", "--num-replicas", str(target.replicas), "--num-cpus-per-replica",
+               f"{resources.num_cpus:g}", "--num-gpus-per-replica", f"{resources.num_gpus:g}"]
+    # A private Ray temp dir, short (Ray's Unix sockets live below it): this launch's Ray meets no other Ray.
+    ray_tmp = tempfile.mkdtemp(prefix="vwray-", dir="/tmp")
+    print(f"{target.name}: Ray temp dir {ray_tmp}")
+    return target.name, LaunchedServer(command, port, log, replicas=target.replicas, env={"RAY_TMPDIR": ray_tmp},
+                                       stop_timeout=args.serve_stop_timeout)
+
+
+def proxy_pids(server: LaunchedServer) -> list[int]:
+    """Serve's HTTP proxy actor(s) of this launch (Ray names the worker process `ray::ProxyActor`)."""
+    return [p.pid for p in server.related() if p.cmdline.startswith("ray::ProxyActor")]
+
+
+async def idle_latencies(url: str, args: argparse.Namespace, clip: Clip) -> list[float]:
+    """`--idle-probes` requests one after another on the otherwise idle server: the per-request latency floor."""
+    latencies = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(args.idle_probes):
+            outcome = await one_request(session, f"{url}/v1/audio/transcriptions", args.model, clip, False,
+                                        args.timeout)
+            if outcome.status == 200:
+                latencies.append(outcome.end - outcome.start)
+    return latencies
+
+
+async def benchmark_target(target: Target, args: argparse.Namespace, clips: list[Clip], logs: Path) -> dict | None:
+    """Launch, wait for every replica, warm up, probe the idle latency, load, and stop: the target's row."""
+    launched = launch_target(target, args, logs)
+    if launched is None:
+        return None
+    system, server = launched
+    try:
+        await server.wait_ready(args.serve_ready_timeout if target.kind == "serve" else 300.0)
+        await one_request_warmup(server.url, args, clips[0])
+        idle = await idle_latencies(server.url, args, min(clips, key=lambda c: c.seconds))
+        proxies = proxy_pids(server) if target.kind == "serve" else []
+        cpu_before = sum(cpu_seconds(pid) for pid in proxies)
+        outcomes, wall = await run_load(server.url, args.model, clips, args.concurrency, args.request_rate,
+                                        args.duration, args.stream, args.timeout)
+        row = summarize(system, outcomes, wall)
+        row["idle_e2e_p50_s"] = percentile(idle, 50)
+        if target.kind == "serve":
+            row["replicas"] = sorted(server.replica_ids - {""})
+            ok = row["ok"] or 1
+            row["proxy_cpu_s_per_request"] = ((sum(cpu_seconds(pid) for pid in proxies) - cpu_before) / ok
+                                              if proxies else None)
+        return row
+    finally:
+        left = server.stop()
+        if "RAY_TMPDIR" in server.env:
+            shutil.rmtree(server.env["RAY_TMPDIR"], ignore_errors=True)
+        if left:
+            print(f"{system}: killed {len(left)} leftover process(es) after shutdown: "
+                  f"{', '.join(p.cmdline.split()[0] for p in left)}")
 
 
 async def benchmark_launched(args: argparse.Namespace, clips: list[Clip], logs: Path) -> list[dict]:
+    """Each target in turn, in the same run: one row each (none for a peer that is not installed)."""
     rows = []
-    for system, _ in server_commands(args, 0).items():
-        port = free_port()
-        command = server_commands(args, port)[system]
-        server = LaunchedServer(command, port, logs / f"{system.split()[0]}.log")
-        try:
-            await server.wait_ready()
-            await one_request_warmup(server.url, args, clips[0])
-            outcomes, wall = await run_load(server.url, args.model, clips, args.concurrency, args.request_rate,
-                                            args.duration, args.stream, args.timeout)
-            rows.append(summarize(system, outcomes, wall))
-        finally:
-            server.stop()
+    for target in parse_targets(args.targets):
+        row = await benchmark_target(target, args, clips, logs)
+        if row is not None:
+            rows.append(row)
     return rows
 
 
@@ -301,8 +336,28 @@ def main() -> None:
     parser.add_argument("--max-sentences", type=int, default=8, help="longest synthetic clip, in sentences")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a request counts as lost")
     parser.add_argument("--peer-compute-type", default="int8")
+    parser.add_argument("--targets", default=DEFAULT_TARGETS,
+                        help="systems to launch, in turn: vllm-whisper, serve-N (Ray Serve, N replicas), "
+                        "faster-whisper (skipped when not installed)")
+    parser.add_argument("--serve-cpus-per-replica", type=float, default=None,
+                        help="CPUs (and torch threads) per Serve replica (default: the machine's cores / N)")
+    parser.add_argument("--serve-gpus-per-replica", type=float, default=None,
+                        help="GPUs per Serve replica (default: 1 on a CUDA machine, else 0)")
+    parser.add_argument("--serve-ready-timeout", type=float, default=600.0,
+                        help="seconds for all N Serve replicas to answer before the run fails")
+    parser.add_argument("--serve-stop-timeout", type=float, default=60.0,
+                        help="seconds after SIGINT before the Serve launch is killed")
+    parser.add_argument("--idle-probes", type=int, default=5,
+                        help="sequential requests on the idle server before the load (latency floor per target)")
+    parser.add_argument("--capacity-replicas", default="1,2,4,8",
+                        help="replica counts for the capacity model (printed when vllm-whisper and serve-1 ran)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    try:
+        parse_targets(args.targets)
+        replicas = parse_replicas(args.capacity_replicas)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -317,10 +372,17 @@ def main() -> None:
         else:
             rows = asyncio.run(benchmark_launched(args, clips, folder))
     print_table(rows, args)
+    capacity = None
+    if {SINGLE, SERVE_ONE} <= {row["system"] for row in rows}:
+        overhead = proxy_overhead(rows)
+        table = capacity_model(overhead, replicas, rows)
+        print_capacity(overhead, table)
+        capacity = {"proxy_overhead": asdict(overhead), "model": [asdict(row) for row in table]}
     if args.json:
         meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("audio", "json")}
         args.json.write_text(json.dumps({"machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
-                                         "audio_clips": len(clips), "options": meta, "results": rows}, indent=2))
+                                         "audio_clips": len(clips), "options": meta, "results": rows,
+                                         "serve_capacity": capacity}, indent=2))
 
 
 if __name__ == "__main__":

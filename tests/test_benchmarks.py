@@ -50,7 +50,7 @@ def test_benchmark_serving_short_run(tmp_path):
     out = tmp_path / "serving.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "benchmark_serving.py"), "--concurrency", "2", "--duration", "3",
-         "--clips", "2", "--max-sentences", "2", "--stream", "--json", str(out)],
+         "--clips", "2", "--max-sentences", "2", "--stream", "--idle-probes", "0", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
