@@ -76,17 +76,24 @@ def resolve_precision(dtype: str | torch.dtype, device: str | torch.device,
     return resolve_dtype(dtype, device), quantization
 
 
+def _checked_precision(dtype: str | torch.dtype, device: str | torch.device,
+                       quantization: str | None) -> tuple[torch.dtype, str | None]:
+    torch_dtype, quantization = resolve_precision(dtype, device, quantization)
+    try:
+        check_quantization(quantization, device, torch_dtype)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    return torch_dtype, quantization
+
+
 def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str = "cpu",
                quantization: str | None = None) -> LoadedModel:
     """Find, read and build a Whisper model; every failure is a ModelLoadError naming the file or the fix.
     quantization "int8" stores the linear layers' weights as int8 (CPU, float32 activations); dtype "auto" on the
     CPU picks int8, bfloat16 or float32 by what the CPU computes natively (model_executor/cpu_defaults.py)."""
     name = str(name_or_path)
-    torch_dtype, quantization = resolve_precision(dtype, device, quantization)
-    try:
-        check_quantization(quantization, device, torch_dtype)
-    except ValueError as exc:
-        raise ModelLoadError(str(exc)) from exc
+    if quantization is not None or dtype != "auto":  # explicit choices are checked before anything is read
+        _checked_precision(dtype, device, quantization)
     check_device(device)
     if name in OFFLINE_ALIASES:
         directory = resolve_alias(name)
@@ -96,6 +103,8 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "auto
             directory = _download_from_hub(name)
         elif not directory.is_dir():
             raise ModelLoadError(f"{directory} is a file; pass the model directory that contains it")
+    # auto's choice is logged only once the model is found, so an unknown model's error stays the only line
+    torch_dtype, quantization = _checked_precision(dtype, device, quantization)
     if is_hf_dir(directory):
         config, state_dict, generation_cfg = read_hf_dir(directory)
         suppress = generation_cfg.get("suppress_tokens")
