@@ -31,7 +31,7 @@ def client(server) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def llm() -> LLM:
-    return LLM(model="tiny.en", kv_cache_space=0.5)
+    return LLM(model="tiny.en", dtype="float32", kv_cache_space=0.5)  # as the server above
 
 
 @pytest.fixture(scope="module")
