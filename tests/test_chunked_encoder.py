@@ -12,7 +12,8 @@ import torch
 
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.llm_engine import LLMEngine
-from vllm_whisper.testing.engine_runs import outputs_differ, random_window_jobs, run_to_completion
+from vllm_whisper.testing.engine_runs import (
+    outputs_differ, random_window_jobs, run_to_completion, run_with_random_aborts)
 from vllm_whisper.testing.faults import failing_encoder
 
 from conftest import small_random_config
@@ -84,22 +85,7 @@ def test_random_aborts_while_windows_encode_leak_nothing(three_layer_random):
                  for w in range(len(windows)) for s in range(len(specs))}
     engine = chunked(loaded, 1, num_kv_blocks=40, num_cross_slots=5, block_size=4, max_num_seqs=12,
                      max_encoder_windows_per_step=2)
-    submitted, aborted, checked, keys = 0, set(), 0, {}
-    while submitted < 120 or engine.has_unfinished_requests():
-        for _ in range(rng.randrange(0, 6)):
-            if submitted < 120:
-                key = (rng.randrange(len(windows)), rng.randrange(len(specs)))
-                engine.add_request(f"r{submitted}", windows[key[0]], *specs[key[1]])
-                keys[f"r{submitted}"] = key
-                submitted += 1
-        if engine.requests and rng.random() < 0.3:
-            victim = rng.choice(sorted(engine.requests))
-            assert engine.abort_request(victim)
-            aborted.add(victim)
-        for out in engine.step():
-            if out.finished:
-                assert out.tokens == reference[keys[out.request_id]], out.request_id
-                checked += 1
+    checked, aborted = run_with_random_aborts(engine, windows, specs, reference, 120, rng, max_arrivals=6)
     stats = engine.stats
     assert checked + len(aborted) == 120 and len(aborted) > 8
     assert stats.num_free_kv_blocks == stats.num_kv_blocks and stats.num_free_cross_slots == stats.num_cross_slots

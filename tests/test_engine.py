@@ -14,7 +14,7 @@ from vllm_whisper.decoding.greedy import encode_window, greedy_decode
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.sampler import SamplingParams
 from vllm_whisper.params import TranscriptionParams
-from vllm_whisper.testing.engine_runs import run_to_completion
+from vllm_whisper.testing.engine_runs import run_to_completion, run_with_random_aborts
 from vllm_whisper.transcribe.sequential import build_rules
 
 
@@ -95,25 +95,7 @@ def test_thousand_requests_with_random_aborts_leak_nothing(small_random):
                  for w in range(len(windows)) for s in range(len(specs))}
     engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=40, num_cross_slots=6, block_size=4,
                                                   max_num_seqs=16))
-    submitted, aborted, checked = 0, set(), 0
-    keys: dict[str, tuple[int, int]] = {}
-    while submitted < 1000 or engine.has_unfinished_requests():
-        for _ in range(rng.randrange(0, 12)):
-            if submitted < 1000:
-                key = (rng.randrange(len(windows)), rng.randrange(len(specs)))
-                request_id = f"r{submitted}"
-                engine.add_request(request_id, windows[key[0]], *specs[key[1]])
-                keys[request_id] = key
-                submitted += 1
-        if engine.requests and rng.random() < 0.3:
-            victim = rng.choice(sorted(engine.requests))
-            assert engine.abort_request(victim)
-            aborted.add(victim)
-        for out in engine.step():
-            if out.finished:
-                assert out.request_id not in aborted
-                assert out.tokens == reference[keys[out.request_id]], out.request_id
-                checked += 1
+    checked, aborted = run_with_random_aborts(engine, windows, specs, reference, 1000, rng, max_arrivals=12)
     stats = engine.stats
     assert checked + len(aborted) == 1000 and len(aborted) > 50
     assert stats.num_free_kv_blocks == stats.num_kv_blocks

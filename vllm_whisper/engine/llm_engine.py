@@ -8,6 +8,7 @@ timestamps) run in the same step as one batched teacher-forced pass over their w
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -285,7 +286,7 @@ class LLMEngine:
         encoder = self.scheduler.encoder_windows_per_step
         most_urgent = min((r.priority for r in self.scheduler.running), default=None)
         picked: list[Request] = []
-        for request in list(self.scheduler.waiting)[:encoder]:
+        for request in itertools.islice(self.scheduler.waiting, encoder):  # no copy of a long queue per step
             window = request.window
             if window.slot is not None or any(p.window is window for p in picked):
                 continue

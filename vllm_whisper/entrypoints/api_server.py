@@ -248,23 +248,19 @@ async def _refuse_websocket(websocket: WebSocket, state: ServerState) -> None:
     else:
         error = OpenAIError(429, f"The server already runs {state.realtime_sessions} realtime sessions (its limit); "
                             "retry shortly.", "rate_limit_exceeded", code="rate_limit_exceeded", retry_after=1)
+    await _deny_websocket(websocket, error, close_code=1013, reason="busy")
+
+
+async def _deny_websocket(websocket: WebSocket, error: OpenAIError, close_code: int = 1008,
+                          reason: str = "refused") -> None:
+    """Refuse a session (busy, draining, unknown model, a model that cannot load): a denial response where the
+    server can send one, else an error event and the close code."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(JSONResponse(error.body(), error.status, headers=error.headers()))
         return
     await websocket.accept()
     await websocket.send_json({"type": "error", "error": {**error.body()["error"], "event_id": None}})
-    await websocket.close(code=1013, reason=error.code or "busy")
-
-
-async def _deny_websocket(websocket: WebSocket, error: OpenAIError) -> None:
-    """A session for an unknown model (404) or one that cannot load (503): a denial response where the server can
-    send one, else an error event and close code 1008."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(JSONResponse(error.body(), error.status, headers=error.headers()))
-        return
-    await websocket.accept()
-    await websocket.send_json({"type": "error", "error": {**error.body()["error"], "event_id": None}})
-    await websocket.close(code=1008, reason=error.code or "refused")
+    await websocket.close(code=close_code, reason=error.code or reason)
 
 
 def _model_card(state: ServerState, name: str) -> dict:

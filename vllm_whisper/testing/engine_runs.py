@@ -26,6 +26,34 @@ def run_to_completion(engine: LLMEngine, jobs: Iterable[tuple] = ()) -> dict[str
     return finished
 
 
+def run_with_random_aborts(engine: LLMEngine, windows: list, specs: list[tuple], reference: dict, total: int,
+                           rng: random.Random, max_arrivals: int) -> tuple[int, set[str]]:
+    """Submit `total` requests (a random window and (prompt, params) spec each, up to max_arrivals - 1 per step),
+    abort a random live one in 30% of steps, and check every finished request's tokens against
+    reference[(window, spec)]. Returns (requests checked, ids aborted)."""
+    submitted, aborted, checked, keys = 0, set(), 0, {}
+    while submitted < total or engine.has_unfinished_requests():
+        for _ in range(rng.randrange(0, max_arrivals)):
+            if submitted < total:
+                key = (rng.randrange(len(windows)), rng.randrange(len(specs)))
+                engine.add_request(f"r{submitted}", windows[key[0]], *specs[key[1]])
+                keys[f"r{submitted}"] = key
+                submitted += 1
+        if engine.requests and rng.random() < 0.3:
+            victim = rng.choice(sorted(engine.requests))
+            if not engine.abort_request(victim):
+                raise AssertionError(f"abort_request({victim!r}) found no live request")
+            aborted.add(victim)
+        for out in engine.step():
+            if out.finished:
+                if out.request_id in aborted:
+                    raise AssertionError(f"aborted request {out.request_id} finished")
+                if out.tokens != reference[keys[out.request_id]]:
+                    raise AssertionError(f"{out.request_id}: tokens differ from the reference")
+                checked += 1
+    return checked, aborted
+
+
 def random_window_jobs(loaded: LoadedModel, count: int, seed: int, new_tokens: tuple[int, int] = (5, 12),
                        beam_last: bool = True) -> list[tuple]:
     """`count` windows of random log-mel features: greedy requests of random lengths in [new_tokens) with
