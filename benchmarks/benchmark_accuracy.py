@@ -1,5 +1,5 @@
 """Accuracy on synthetic speech with a known transcript and timeline: vllm-whisper next to Hugging Face transformers
-and faster-whisper, same tiny.en weights, same audio (16 kHz arrays handed to every system), greedy decoding.
+faster-whisper and whisper.cpp, same tiny.en weights, same audio (16 kHz arrays handed to every system), greedy decoding.
 
 WER: Harvard sentences spoken by flite (slt, awb, rms, kal16), festival and espeak-ng, clean and in variants made
 with numpy and sox (white noise at --snr-db, speed 0.9x / 1.1x, reverb); corpus WER per variant and overall, after
@@ -10,7 +10,8 @@ distance to the nearest true sentence start: mean absolute error and the share w
 sentences that some segment starts within 0.5 s of (so one long segment cannot score well) and the file's WER.
 
 Every system: English, greedy (temperature 0 only, no fallback), timestamps on, no conditioning on previous text,
-no VAD; transformers fp32 on the weights exported with export_hf; faster-whisper on the CTranslate2 directory.
+no VAD; transformers fp32 on the weights exported with export_hf; faster-whisper on the CTranslate2 directory;
+whisper.cpp (pywhispercpp) on the checkpoint converted to ggml by peers/convert_to_ggml.py.
 
     python benchmarks/benchmark_accuracy.py --json accuracy.json      # full: 30 sentences x 5 variants
     python benchmarks/benchmark_accuracy.py --quick --json out.json   # smoke test (tests/test_benchmark_accuracy.py)
@@ -22,6 +23,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +35,8 @@ import torch
 from common import machine_description, progress
 
 from vllm_whisper.engine_args import EngineArgs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
 SAMPLE_RATE = 16000
 TOLERANCE_S = 0.5
@@ -241,6 +245,38 @@ class FasterWhisper:
         return out
 
 
+class WhisperCpp:
+    """whisper.cpp (pywhispercpp) on each array: greedy, temperature 0, English, no context; our checkpoint
+    converted to ggml by peers/convert_to_ggml.py. It has no word-timestamp mode here."""
+
+    def __init__(self, model: str, ggml_type: str, cache_dir: Path | None):
+        from convert_to_ggml import cached_model
+        from whisper_cpp import load_whisper_cpp, require_pywhispercpp
+
+        require_pywhispercpp()  # before converting anything
+        self.name = f"whisper.cpp ({ggml_type})"
+        self.model = load_whisper_cpp(cached_model(model, ggml_type, cache_dir), torch.get_num_threads())
+
+    def transcribe(self, audios: list[np.ndarray], word_timestamps: bool = False) -> list[Transcript]:
+        from whisper_cpp import transcribe_files
+
+        if word_timestamps:
+            raise ValueError("the whisper.cpp row has no word-timestamp mode here")
+        run = transcribe_files(self.model, audios, True, lambda items: progress(items, desc=self.name))
+        return [Transcript(text, starts) for text, starts in zip(run.texts, run.starts)]
+
+
+def whisper_cpp_systems(args: argparse.Namespace) -> list[System]:
+    """The whisper.cpp rows asked for; none (with the reason printed) when pywhispercpp is not usable."""
+    from whisper_cpp import WhisperCppUnavailable
+
+    try:
+        return [WhisperCpp(args.model, t, args.ggml_cache) for t in args.whisper_cpp_types]
+    except WhisperCppUnavailable as exc:
+        print(f"whisper.cpp: skipped ({exc})")
+        return []
+
+
 def faster_whisper_installed() -> bool:
     try:
         import faster_whisper  # noqa: F401
@@ -258,6 +294,8 @@ def build_systems(args: argparse.Namespace, folder: Path) -> list[System]:
             systems += [FasterWhisper(args.model, c) for c in args.compute_types]
         else:
             print("faster-whisper is not installed: pip install faster-whisper")
+    if not args.skip_whisper_cpp:
+        systems += whisper_cpp_systems(args)
     return systems
 
 
@@ -297,7 +335,7 @@ def timestamp_rows(systems: list[System], audio: np.ndarray, truth: list[float],
     """Each system's segments on the long file; systems that time words get a second row with them on."""
     rows = []
     for system in systems:
-        modes = (False,) if isinstance(system, Transformers) else (False, True)
+        modes = (False,) if isinstance(system, (Transformers, WhisperCpp)) else (False, True)
         for words in modes:
             [transcript] = system.transcribe([audio], word_timestamps=words)
             label = f"{system.name}, word timestamps" if words else system.name
@@ -341,17 +379,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--snr-db", type=float, default=10.0, help="signal-to-noise ratio of the noise variant")
     parser.add_argument("--timeline-sentences", type=int, default=12, help="sentences in the long timestamp file")
     parser.add_argument("--compute-types", default="int8,float32", help="faster-whisper compute types")
+    parser.add_argument("--whisper-cpp-types", default="q8_0,f16", help="whisper.cpp ggml types (q8_0, f16, f32)")
+    parser.add_argument("--ggml-cache", type=Path, default=None,
+                        help="where converted whisper.cpp models are kept (default ~/.cache/vllm_whisper/ggml)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 3 sentences, clean and noise, 4-sentence timeline, faster-whisper int8")
+                        help="smoke test: 3 sentences, clean and noise, 4-sentence timeline, faster-whisper int8, "
+                             "whisper.cpp q8_0")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--skip-faster-whisper", action="store_true")
+    parser.add_argument("--skip-whisper-cpp", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.sentences, args.timeline_sentences = 3, 4
         args.variants, args.compute_types = ",".join(QUICK_VARIANTS), "int8"
+        args.whisper_cpp_types = "q8_0"
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     args.compute_types = [c.strip() for c in args.compute_types.split(",") if c.strip()]
+    args.whisper_cpp_types = [t.strip() for t in args.whisper_cpp_types.split(",") if t.strip()]
+    from convert_to_ggml import TYPES as GGML_TYPES
+
+    unknown_types = sorted(set(args.whisper_cpp_types) - set(GGML_TYPES))
+    if unknown_types:
+        parser.error(f"--whisper-cpp-types: unknown {', '.join(unknown_types)}; use {', '.join(GGML_TYPES)}")
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")

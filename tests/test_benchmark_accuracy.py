@@ -16,6 +16,8 @@ def expected_wer_systems() -> set[str]:
     systems = {"vllm-whisper", "transformers (fp32)"}
     if importlib.util.find_spec("faster_whisper") is not None:
         systems.add("faster-whisper (int8)")
+    if importlib.util.find_spec("pywhispercpp") is not None:
+        systems.add("whisper.cpp (q8_0)")
     return systems
 
 
@@ -45,6 +47,8 @@ def test_benchmark_accuracy_quick_run(tmp_path):
     expected = {"vllm-whisper", "vllm-whisper, word timestamps", "transformers (fp32)"}
     if "faster-whisper (int8)" in wer:
         expected |= {"faster-whisper (int8)", "faster-whisper (int8), word timestamps"}
+    if "whisper.cpp (q8_0)" in wer:
+        expected.add("whisper.cpp (q8_0)")
     assert set(rows) == expected
     for system, row in rows.items():
         assert set(row) == TIMESTAMP_FIELDS, system
