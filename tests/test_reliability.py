@@ -58,7 +58,7 @@ def loud_sample_wav() -> bytes:
 def server():
     with serve_in_thread("--model", "tiny.en", "--dtype", "float32", "--kv-cache-space", "0.25",
                          "--max-num-seqs", "1", "--max-audio-duration", "60", "--max-audio-filesize-mb", "1",
-                         "--upload-read-timeout", "1") as running:
+                         "--upload-read-timeout", "1", "--header-read-timeout", "1.5") as running:
         yield running
 
 
@@ -206,6 +206,27 @@ def test_a_stalled_upload_gets_a_408(server):
     status = _read_status(sock)  # then nothing more: the server gives up after --upload-read-timeout (1 s)
     sock.close()
     assert status == 408 and time.monotonic() - started < 10
+
+
+def _connect(server) -> socket.socket:
+    host, port = server.base_url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _reply_after_stall(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started, reply = time.monotonic(), b""
+    while data := sock.recv(4096):
+        reply += data
+    sock.close()
+    return reply, time.monotonic() - started
+
+
+def test_headers_that_never_finish_get_a_408_and_the_connection_closes(server):
+    sock = _connect(server)
+    sock.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multi")  # then nothing
+    reply, waited = _reply_after_stall(sock)
+    assert reply.startswith(b"HTTP/1.1 408") and waited < 10, (reply, waited)
 
 
 # --- form fields that reached a parser's exception ------------------------------------------------------------

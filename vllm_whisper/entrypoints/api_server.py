@@ -35,6 +35,7 @@ from vllm_whisper import __version__
 from vllm_whisper.entrypoints.body_limits import BodyLimitMiddleware, BodyReadTimeout, BodyTooLarge
 from vllm_whisper.entrypoints.cli_errors import UsageError
 from vllm_whisper.entrypoints.drain import Drain, run_draining
+from vllm_whisper.entrypoints.header_timeout import header_deadline_protocol
 from vllm_whisper.entrypoints.http_metrics import HTTPResponseCounter
 from vllm_whisper.entrypoints.listen_socket import bind_server_socket
 from vllm_whisper.entrypoints.memory_release import map_large_blocks_separately
@@ -323,6 +324,18 @@ def parse_origins(value: str | None) -> list[str] | None:
     return [o.strip() for o in value.split(",") if o.strip()]
 
 
+def server_config(app: FastAPI, args: argparse.Namespace, port: int, http_protocol: type | None = None,
+                  **overrides) -> "uvicorn.Config":
+    """uvicorn's configuration for these server flags (connection limit, header deadline, shutdown grace); the
+    test server uses it too, so tests run what production runs."""
+    import uvicorn
+
+    settings = dict(host=args.host, port=port, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_timeout,
+                    limit_concurrency=args.max_connections,
+                    http=http_protocol or header_deadline_protocol(args.header_read_timeout))
+    return uvicorn.Config(app, **{**settings, **overrides})
+
+
 def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> None:
     """Serve until SIGTERM / SIGINT on `sock` (bound to --host/--port here when not given). Bad options, a model
     that cannot load or a busy port raise UsageError before anything is served."""
@@ -340,6 +353,7 @@ def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> N
     sock = sock if sock is not None else bind_server_socket(args.host, args.port)
     try:
         origins = parse_origins(args.allowed_origins)
+        http_protocol = header_deadline_protocol(args.header_read_timeout)
         state = create_state(args)
     except ValueError as exc:  # a bad option, a model that cannot load, no GPU for --device cuda, ...
         sock.close()
@@ -354,8 +368,7 @@ def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> N
             logger.info("%s", startup_line(entry.runtime.setup, list(entry.spec.served_names), host, port, entry.index))
         else:
             logger.info("Engine %03d (%s): loads on its first request", entry.index, entry.spec.name)
-    config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
-                            timeout_graceful_shutdown=args.shutdown_timeout, limit_concurrency=args.max_connections)
+    config = server_config(app, args, port, http_protocol)
     try:
         run_draining(config, state.drain, sockets=[sock])
     finally:

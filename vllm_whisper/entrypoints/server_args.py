@@ -55,6 +55,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                              "longer uploads get a 400 with code audio_too_long)")
     parser.add_argument("--upload-read-timeout", type=float, default=30.0,
                         help="seconds a client may pause inside an upload body before it gets a 408")
+    parser.add_argument("--header-read-timeout", type=float, default=30.0,
+                        help="seconds a client has to send a request's line and headers (all of them; trickling "
+                             "does not extend it) before it gets a 408 and is disconnected")
     parser.add_argument("--max-connections", type=int, default=2048,
                         help="open connections served at once; beyond them new ones get a 503 from uvicorn")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import uvicorn
 
-from vllm_whisper.entrypoints.api_server import ServerState, build_app, build_parser, create_state
+from vllm_whisper.entrypoints.api_server import ServerState, build_app, build_parser, create_state, server_config
 from vllm_whisper.entrypoints.server_args import resolve_model_argument
 
 
@@ -32,7 +32,7 @@ def serve_in_thread(*flags: str, startup_timeout: float = 120.0) -> Iterator[Run
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(build_app(state), log_level="warning", lifespan="off")
+    config = server_config(build_app(state), args, port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
