@@ -122,6 +122,7 @@ class Walkthrough:
 
 def _missing_output(command: str, stdout: str, cwd: Path) -> str | None:
     """Why the command's output is missing: stdout, or the file / folder it writes to, is empty."""
+    command = without_comment(command)  # "speech -> text" in a comment is no redirect
     redirect = re.search(r"(?<![0-9&])>\s*(\S+)", command)
     output_dir = re.search(r"--output-dir[ =](\S+)", command)
     if redirect:

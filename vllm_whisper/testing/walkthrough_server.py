@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def without_comment(command: str) -> str:
-    """A server line without its trailing `# ...` comment (server lines carry no quoted '#')."""
+    """A README command line without its trailing `  # ...` comment (the README's commands quote no '#')."""
     return re.sub(r"\s+#.*$", "", command)
 
 
