@@ -1,6 +1,7 @@
 """Run the README's commands top to bottom in a fresh clone: bash lines one by one, python blocks as scripts,
-server commands in the background for the client commands after them, and fail on the first command that does
-not exit 0 or prints nothing where it should print.
+server commands in the background for the client commands right after them (the server is stopped with SIGTERM
+before the first later command that is not its client), and fail on the first command that does not exit 0 or
+prints nothing where it should print.
 
 What is substituted, and why (the commands' meaning is never changed):
   127.0.0.1:8000, localhost:8000  -> the port of the server started last (a free loopback port, so parallel
@@ -67,6 +68,8 @@ class Walkthrough:
     def _run_block(self, block: CodeBlock) -> None:
         if block.skip_reason is not None:
             return
+        if block.language == "python" and not LOCAL_ADDRESS.search(block.code):
+            self._stop_server()
         if block.example_name is not None:
             (self.clone.path / block.example_name).write_text(self._substitute(block.code, block.line))
             self.unused_examples[block.example_name] = block.line
@@ -97,6 +100,8 @@ class Walkthrough:
             log = self.logs / f"server_line{line}.log"
             self.server = BackgroundServer.start(command, line, self.clone.path, self.clone.env, log)
         else:
+            if not LOCAL_ADDRESS.search(command):
+                self._stop_server()  # the server's clients are the commands right after it
             self._run_client(self._substitute(command, line), line, shown)
         self.steps.append(Step(line, shown or command, time.monotonic() - started))
 
