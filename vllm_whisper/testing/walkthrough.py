@@ -68,18 +68,17 @@ class Walkthrough:
     def _run_block(self, block: CodeBlock) -> None:
         if block.skip_reason is not None:
             return
-        if block.language == "python" and not LOCAL_ADDRESS.search(block.code):
-            self._stop_server()
         if block.example_name is not None:
             (self.clone.path / block.example_name).write_text(self._substitute(block.code, block.line))
             self.unused_examples[block.example_name] = block.line
         elif block.language == "python":
             script = self.clone.path / f"readme_line{block.line}.py"
             script.write_text(self._substitute(block.code, block.line))
-            self._run(f"python {script.name}", block.line, shown=f"```python block at line {block.line}")
+            self._run(f"python {script.name}", block.line, shown=f"```python block at line {block.line}",
+                      client=LOCAL_ADDRESS.search(block.code) is not None)
         else:
             for command in block.commands_to_run():
-                self._run(command.text, command.line)
+                self._run(command.text, command.line, client=LOCAL_ADDRESS.search(command.text) is not None)
 
     def _substitute(self, text: str, line: int) -> str:
         text = text.replace(MODELS_DIR_PLACEHOLDER, str(self.models_dir))
@@ -89,7 +88,8 @@ class Walkthrough:
             text = LOCAL_ADDRESS.sub(f"127.0.0.1:{self.server.port}", text)
         return text
 
-    def _run(self, command: str, line: int, shown: str | None = None) -> None:
+    def _run(self, command: str, line: int, shown: str | None = None, client: bool = False) -> None:
+        """Run one command; `client`: it talks to the server started last, which otherwise is stopped first."""
         for name in list(self.unused_examples):
             if re.search(rf"(^|\s){re.escape(name)}(\s|$)", command):
                 del self.unused_examples[name]
@@ -100,7 +100,7 @@ class Walkthrough:
             log = self.logs / f"server_line{line}.log"
             self.server = BackgroundServer.start(command, line, self.clone.path, self.clone.env, log)
         else:
-            if not LOCAL_ADDRESS.search(command):
+            if not client:
                 self._stop_server()  # the server's clients are the commands right after it
             self._run_client(self._substitute(command, line), line, shown)
         self.steps.append(Step(line, shown or command, time.monotonic() - started))
