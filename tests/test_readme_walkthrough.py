@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vllm_whisper.model_executor.aliases import resolve_alias
-from vllm_whisper.testing.readme_blocks import read_blocks
+from vllm_whisper.testing.readme_blocks import ReadmeFormatError, read_blocks
 from vllm_whisper.testing.walkthrough import Walkthrough
 from vllm_whisper.testing.walkthrough_clone import fresh_clone
 from vllm_whisper.testing.walkthrough_inputs import write_readme_inputs
@@ -53,3 +53,15 @@ def test_readme_commands_run_top_to_bottom_on_a_fresh_clone(tmp_path):
     print("\n".join(f"{step.seconds:6.1f} s  line {step.line:4d}  {step.command[:90]}" for step in steps))
     print(f"{time.monotonic() - started:6.1f} s wall, {cpu:6.1f} s CPU of the commands, {len(steps)} steps")
     assert len(steps) >= 20
+
+
+def test_markers_are_checked(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- walkthrough: skip-lines 1 set-up -->\n```bash\npip install x\nvllm-whisper --version\n```\n"
+                      "```text\nnot a command\n```\n")
+    (block,) = read_blocks(readme)
+    assert [c.text for c in block.commands_to_run()] == ["vllm-whisper --version"]
+    for marker in ("skip", "skip-lines 3 beyond the block", "run it"):
+        readme.write_text(f"<!-- walkthrough: {marker} -->\n```bash\npip install x\n```\n")
+        with pytest.raises(ReadmeFormatError):
+            read_blocks(readme)

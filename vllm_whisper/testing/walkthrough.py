@@ -8,6 +8,8 @@ What is substituted, and why (the commands' meaning is never changed):
                                      test runs never collide)
   --port 8000 on a server command -> --port FREE (added when the command has no --port)
   /srv/whisper (--models-dir)     -> a folder holding the bundled `base` model's directory as `base`
+  curl                            -> curl --fail-with-body (an HTTP error answer is a failing exit code, not a
+                                     printed error body that looks like success)
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Walkthrough:
 
     def _substitute(self, text: str, line: int) -> str:
         text = text.replace(MODELS_DIR_PLACEHOLDER, str(self.models_dir))
+        text = re.sub(r"^curl ", "curl --fail-with-body ", text)
         if LOCAL_ADDRESS.search(text):
             if self.server is None:
                 raise WalkthroughError(f"README line {line}: a client of 127.0.0.1:8000 with no server started above")
