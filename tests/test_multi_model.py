@@ -169,3 +169,35 @@ def test_the_budget_unloads_idle_models_first_and_refuses_when_busy():
     b_runtime.busy = False
     asyncio.run(registry.acquire("c"))  # b is idle now: unloaded to make room (a, the default, stays)
     assert b_runtime.stopped and [entry.runtime is not None for entry in registry.entries] == [True, False, True]
+
+
+def request_counts(base_url: str) -> dict[tuple[str, str], float]:
+    """Per-upload series of /metrics by (sample name, model_name): answered requests, latency and RTF counts."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {"vllm:request_success_total", "vllm:e2e_request_latency_seconds_count",
+              "vllm_whisper:request_real_time_factor_count", "vllm_whisper:audio_seconds_processed_total"}
+    counts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                key = (sample.name, sample.labels["model_name"])
+                counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
+def test_metrics_count_each_models_requests_under_its_model_name(server, client, fox_clip):
+    """One request to each model adds exactly one answered request to that model's `model_name` series."""
+    base_url = server[1]
+    before = request_counts(base_url)
+    transcribe(client, "tiny.en", fox_clip)
+    transcribe(client, "base", fox_clip)
+    after = request_counts(base_url)
+    duration = 2.9  # the fox clip is 2.97 s long
+    for model in ("tiny.en", "base"):
+        delta = {name: value - before.get((name, label), 0.0)
+                 for (name, label), value in after.items() if label == model}
+        assert delta["vllm:request_success_total"] == 1, (model, delta)
+        assert delta["vllm:e2e_request_latency_seconds_count"] == 1, (model, delta)
+        assert delta["vllm_whisper:request_real_time_factor_count"] == 1, (model, delta)
+        assert duration < delta["vllm_whisper:audio_seconds_processed_total"] < duration + 0.2, (model, delta)
