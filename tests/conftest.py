@@ -16,12 +16,22 @@ from vllm_whisper.tokenizer import WhisperTokenizer, load_tokenizer
 torch.set_num_threads(2)
 
 
+WALKTHROUGH_COMMAND = "bash scripts/test.sh -q --walkthrough tests/test_readme_walkthrough.py"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--walkthrough", action="store_true",
+                     help="also run the README walkthrough (every README command on a fresh clone; minutes)")
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
+    skip_walkthrough = pytest.mark.skip(reason=f"the README walkthrough runs on its own (CI's second step): "
+                                               f"{WALKTHROUGH_COMMAND}")
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
+        if "walkthrough" in item.keywords and not config.getoption("--walkthrough"):
+            item.add_marker(skip_walkthrough)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
 
 

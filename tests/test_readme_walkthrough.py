@@ -37,7 +37,7 @@ def test_every_block_is_run_or_excused_with_a_reason():
     assert any("vllm-whisper serve" in s for s in servers) and any("api_server" in s for s in servers), servers
 
 
-@pytest.mark.slow
+@pytest.mark.walkthrough
 def test_readme_commands_run_top_to_bottom_on_a_fresh_clone(tmp_path):
     clone = fresh_clone(ROOT, tmp_path / "clone")
     write_readme_inputs(clone.path, tmp_path / "speech")
