@@ -70,16 +70,19 @@ def turn_latencies(run) -> list[float]:
 async def sessions_until(url: str, items, count: int, until: float) -> list[float]:
     """`count` sessions, each streaming utterances back to back at real-time pace; returns each completed turn's
     commit-to-completed latency."""
-    from vllm_whisper.testing.realtime_client import stream_audio
+    from vllm_whisper.testing.realtime_client import pcm16_chunks, stream_audio
 
     ws_url = url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
     latencies: list[float] = []
+    # Each utterance's PCM16 chunks are made once: resampling one on the event loop (~0.1 s) whenever a session
+    # starts it would stall this process's /health and upload probes, which share the loop.
+    chunks = [pcm16_chunks(audio, 24000, 100) for audio, _, _ in items]
 
     async def one(index: int) -> None:
         turn = index
         while time.perf_counter() < until:
             audio, speech, _ = items[turn % len(items)]
-            run = await stream_audio(ws_url, audio, speech, timeout=60)
+            run = await stream_audio(ws_url, audio, speech, timeout=60, chunks=chunks[turn % len(items)])
             latencies.extend(turn_latencies(run))
             turn += 1
 
