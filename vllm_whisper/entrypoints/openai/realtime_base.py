@@ -35,7 +35,7 @@ PASS_INTERVAL_S = 0.3  # new audio needed before another partial pass
 MIN_PASS_AUDIO_S = 0.6  # no partial pass on less audio than this
 MAX_TURN_S = 29.0  # audio decoded as one piece at most (Whisper hears 30 s at a time)
 FINAL_PASS_PRIORITY = 1  # engine priority of a committed turn's final pass: after uploads (priority 0) ...
-FINAL_PASS_BUDGET_S = 5.0  # ... for at most this long; then it is urgent (priority 0), so uploads cannot starve turns
+FINAL_PASS_BUDGET_S = 15.0  # ... for at most this long; then it is urgent (priority 0), so uploads cannot starve turns
 PARTIAL_PASS_PRIORITY = 2  # engine priority of partial passes: after uploads and committed turns
 
 # What parsing a client's event can raise besides our own errors: wrong types (a string rate, a list where an object
