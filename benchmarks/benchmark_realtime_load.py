@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -58,30 +59,47 @@ async def requests_until(session, url: str, wav: bytes, until: float, gap: float
     return latencies
 
 
-async def sessions_until(url: str, items, count: int, until: float) -> int:
-    """`count` sessions, each streaming utterances back to back at real-time pace; returns completed turns."""
-    from vllm_whisper.testing.realtime_client import stream_audio
+def turn_latencies(run) -> list[float]:
+    """Seconds from each turn's `input_audio_buffer.committed` to its `...completed` event."""
+    committed = {e.event["item_id"]: e.at for e in run.of_type("input_audio_buffer.committed")}
+    return [e.at - committed[e.event["item_id"]]
+            for e in run.of_type("conversation.item.input_audio_transcription.completed")
+            if e.event["item_id"] in committed]
+
+
+async def sessions_until(url: str, items, count: int, until: float) -> list[float]:
+    """`count` sessions, each streaming utterances back to back at real-time pace; returns each completed turn's
+    commit-to-completed latency."""
+    from vllm_whisper.testing.realtime_client import pcm16_chunks, stream_audio
 
     ws_url = url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
-    completed = 0
+    latencies: list[float] = []
+    # Each utterance's PCM16 chunks are made once: resampling one on the event loop (~0.1 s) whenever a session
+    # starts it would stall this process's /health and upload probes, which share the loop.
+    chunks = [pcm16_chunks(audio, 24000, 100) for audio, _, _ in items]
 
     async def one(index: int) -> None:
-        nonlocal completed
         turn = index
         while time.perf_counter() < until:
             audio, speech, _ = items[turn % len(items)]
-            run = await stream_audio(ws_url, audio, speech, timeout=60)
-            completed += len(run.transcripts)
+            run = await stream_audio(ws_url, audio, speech, timeout=60, chunks=chunks[turn % len(items)])
+            latencies.extend(turn_latencies(run))
             turn += 1
 
     await asyncio.gather(*(one(i) for i in range(count)))
-    return completed
+    return latencies
 
 
 def stats(values: list[float]) -> dict:
     ordered = sorted(values)
-    return {"p50": statistics.median(ordered), "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-            "max": ordered[-1], "n": len(ordered)}
+    if not ordered:
+        return {"p50": math.nan, "p95": math.nan, "p99": math.nan, "max": math.nan, "n": 0}
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": statistics.median(ordered), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1],
+            "n": len(ordered)}
 
 
 async def run(args: argparse.Namespace, items, probe_wav: bytes, logs: Path) -> dict:
@@ -98,17 +116,22 @@ async def run(args: argparse.Namespace, items, probe_wav: bytes, logs: Path) -> 
                 health_latencies(session, server.url, idle_until, 0.25),
                 requests_until(session, server.url, probe_wav, idle_until, 0.5))
             until = time.perf_counter() + args.duration
+            client_cpu = time.process_time()
+            loaded_started = time.perf_counter()
             sessions = asyncio.create_task(sessions_until(server.url, items, args.sessions, until))
             await asyncio.sleep(3)  # sessions under way
             loaded_health, loaded_requests = await asyncio.gather(
                 health_latencies(session, server.url, until, 0.25),
                 requests_until(session, server.url, probe_wav, until, 1.0))
             turns = await sessions
+            client_cpu = time.process_time() - client_cpu
+            loaded_wall = time.perf_counter() - loaded_started
     finally:
         server.stop()
     return {"idle": {"health_s": stats(idle_health), "request_s": stats(idle_requests)},
             "loaded": {"health_s": stats(loaded_health), "request_s": stats(loaded_requests),
-                       "completed_turns": turns}}
+                       "completed_turns": len(turns), "turn_commit_to_completed_s": stats(turns),
+                       "client_cpu_s": client_cpu, "wall_s": loaded_wall}}
 
 
 def main() -> None:
@@ -136,6 +159,10 @@ def main() -> None:
               f"max {loaded[name]['max'] * 1000:8.1f} ms")
     ratio = loaded["request_s"]["p50"] / idle["request_s"]["p50"]
     print(f"plain request p50 loaded / idle: {ratio:.2f}x; realtime turns completed: {loaded['completed_turns']}")
+    turn = loaded["turn_commit_to_completed_s"]
+    print(f"turn commit -> completed p50 {turn['p50'] * 1000:.0f} ms  p95 {turn['p95'] * 1000:.0f} ms  "
+          f"max {turn['max'] * 1000:.0f} ms; this client process used {loaded['client_cpu_s']:.1f} s CPU in "
+          f"{loaded['wall_s']:.1f} s of load ({loaded['client_cpu_s'] / loaded['wall_s']:.2f} cores)")
     result["request_p50_ratio"] = ratio
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -1,8 +1,10 @@
 """Priority admission: a lower priority value is admitted first, and best-effort windows (realtime partial passes)
-are not encoded while more urgent work runs, so live sessions cannot starve uploads."""
+are not encoded while more urgent work runs, so live sessions cannot starve uploads. Deferred requests with a
+latency budget (realtime turns' final passes) yield to uploads only until the budget runs out."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import torch
@@ -118,3 +120,55 @@ def test_best_effort_windows_are_encoded_one_per_step(tiny_en):
     for request_id, features, prompt, params in work[3:]:
         engine.add_request(f"upload-{request_id}", features, prompt, params)
     assert len(engine.scheduler.schedule().encode) == 3
+
+
+def test_deferred_request_counts_as_urgent_once_its_budget_runs_out(tiny_en):
+    """A realtime turn (priority 1) whose budget has run out goes ahead of an upload that arrived after it; one
+    within its budget waits behind the upload."""
+    work = jobs(tiny_en, 2)
+    orders = {}
+    for budget in (0.0, 3600.0):
+        engine = LLMEngine(tiny_en, EngineConfig(num_kv_blocks=200, num_cross_slots=8, max_encoder_windows_per_step=1))
+        engine.add_request("turn", *work[0][1:], priority=1, urgent_after=budget)
+        engine.add_request("upload", *work[1][1:], priority=0)
+        orders[budget] = [r.request_id for r in engine.scheduler.waiting]
+        order = []
+        while engine.has_unfinished_requests():
+            engine.step()
+            order += [r.request_id for r in engine.scheduler.running if r.request_id not in order]
+        orders[budget] = order
+    assert orders == {0.0: ["turn", "upload"], 3600.0: ["upload", "turn"]}
+
+
+def test_paused_deferred_request_resumes_when_its_budget_runs_out(tiny_en):
+    """A decoding turn pauses while an upload runs, and feeds tokens beside it again once its budget is spent."""
+    engine = LLMEngine(tiny_en, EngineConfig(num_kv_blocks=200, num_cross_slots=8))
+    work = jobs(tiny_en, 2, new_tokens=12, run_to_length=True)
+    engine.add_request("turn", *work[0][1:], priority=1, urgent_after=600.0)
+    engine.step()
+    engine.add_request("upload", *work[1][1:], priority=0)
+    engine.step()  # admits the upload; the turn pauses
+    turn = engine.requests["turn"]
+    before = len(turn.seqs[0].output)
+    engine.step()
+    assert len(turn.seqs[0].output) == before and turn.priority == 1
+    engine.scheduler.clock = lambda: time.monotonic() + 600.0  # ten minutes later: the turn's budget has run out
+    engine.step()
+    assert turn.priority == 0 and len(turn.seqs[0].output) == before + 1
+    finished = {}
+    while engine.has_unfinished_requests():
+        finished.update({out.request_id: out.tokens for out in engine.step() if out.finished})
+    plain = run_to_completion(LLMEngine(tiny_en, EngineConfig(num_kv_blocks=200, num_cross_slots=8)),
+                              [("turn", *work[0][1:]), ("upload", *work[1][1:])])
+    assert {k: v.tokens for k, v in plain.items()} == finished
+
+
+def test_negative_budget_is_refused(tiny_en):
+    engine = LLMEngine(tiny_en, EngineConfig(num_kv_blocks=20, num_cross_slots=1))
+    work = jobs(tiny_en, 1)
+    try:
+        engine.add_request("turn", *work[0][1:], priority=1, urgent_after=-1.0)
+    except ValueError as exc:
+        assert "urgent_after" in str(exc)
+    else:
+        raise AssertionError("a negative budget was accepted")

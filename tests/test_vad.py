@@ -168,7 +168,20 @@ def test_jit_model_agrees_with_onnx(three_sentences):
         pytest.skip("onnxruntime is not installed")
     jit = vad._JitVad(vad._import_silero().load_silero_vad(onnx=False))
     expected = speech_probabilities(audio)
-    np.testing.assert_allclose(jit.probabilities(vad._model_inputs(audio)), expected, atol=1e-4)
+    np.testing.assert_allclose(jit.probabilities(vad._model_inputs(audio))[0], expected, atol=1e-4)
+
+
+def test_streamed_scores_equal_scoring_the_whole_stream(three_sentences):
+    """The realtime detector's scorer, fed uneven pieces (a 100 ms append is 1600 samples), gives every complete
+    frame the probability scoring the whole audio at once gives it: no frame is scored twice or with a cold state."""
+    from vllm_whisper.audio.vad import FRAME_SAMPLES, StreamingSpeechProbabilities
+
+    audio = three_sentences[0][: 4 * SAMPLE_RATE]
+    audio = audio[: audio.size // FRAME_SAMPLES * FRAME_SAMPLES]
+    scorer = StreamingSpeechProbabilities()
+    cuts = [0, 100, 1600, 1700, 5000, 5012, 9000, audio.size]
+    streamed = np.concatenate([scorer.feed(audio[a:b]) for a, b in zip(cuts, cuts[1:])])
+    np.testing.assert_allclose(streamed, speech_probabilities(audio), atol=1e-5)
 
 
 def test_loading_keeps_torch_thread_count():

@@ -13,11 +13,10 @@ import torch
 import torchaudio.transforms as T
 
 from vllm_whisper.audio.decode import SAMPLE_RATE
-from vllm_whisper.audio.vad import FRAME_SAMPLES, speech_probabilities
+from vllm_whisper.audio.vad import FRAME_SAMPLES, StreamingSpeechProbabilities
 
 SUPPORTED_RATES = (8000, 16000, 24000, 48000)
 FRAME_MS = FRAME_SAMPLES * 1000 // SAMPLE_RATE  # 32 ms
-VAD_CONTEXT_FRAMES = 16  # frames re-scored before new audio so the VAD's recurrent state has warmed up
 RESAMPLE_CONTEXT = 96  # input samples: more than torchaudio's sinc reaches at any supported rate (19 at 48 kHz)
 
 
@@ -136,35 +135,26 @@ class TurnEvent:
 @dataclass
 class TurnDetector:
     """Server VAD: speech starts after `min_speech_ms` above `threshold` (reported `prefix_padding_ms` earlier),
-    and stops after `silence_duration_ms` below it."""
+    and stops after `silence_duration_ms` below it. Frames are scored as a stream (each once, the model's state
+    carried), so a 100 ms append costs three frames of silero-vad, not a re-scored context as well."""
 
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
     min_speech_ms: int = 64
-    _tail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # context frames + unscored
-    _tail_scored: int = 0  # frames at the start of the tail already scored (kept as context)
+    _scorer: StreamingSpeechProbabilities = field(default_factory=StreamingSpeechProbabilities)
     _frames_scored: int = 0
     _speaking: bool = False
     _run: int = 0  # consecutive frames on the other side of the threshold
 
     def feed(self, samples_16k: np.ndarray) -> list[TurnEvent]:
         """Add 16 kHz samples; return the turn boundaries found in the complete frames so far."""
-        self._tail = np.concatenate([self._tail, samples_16k])
-        tail_frames = self._tail.size // FRAME_SAMPLES
-        new_frames = tail_frames - self._tail_scored
-        if new_frames <= 0:
-            return []
-        probabilities = speech_probabilities(self._tail[: tail_frames * FRAME_SAMPLES])[self._tail_scored:]
         events = []
-        for offset, probability in enumerate(probabilities):
-            event = self._step(self._frames_scored + offset, float(probability))
+        for probability in self._scorer.feed(samples_16k):
+            event = self._step(self._frames_scored, float(probability))
+            self._frames_scored += 1
             if event is not None:
                 events.append(event)
-        self._frames_scored += new_frames
-        keep = min(VAD_CONTEXT_FRAMES, tail_frames)
-        self._tail = self._tail[(tail_frames - keep) * FRAME_SAMPLES:]
-        self._tail_scored = keep
         return events
 
     def _step(self, frame: int, probability: float) -> TurnEvent | None:

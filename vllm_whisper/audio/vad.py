@@ -41,8 +41,9 @@ class SpeechSpan(SampleSpan):
 class _VadModel(Protocol):
     backend: str
 
-    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
-        """Speech probability of each row of (frames, CONTEXT_SAMPLES + FRAME_SAMPLES) model inputs, in order."""
+    def probabilities(self, inputs: np.ndarray, state=None) -> tuple[np.ndarray, object]:
+        """Speech probability of each row of (frames, CONTEXT_SAMPLES + FRAME_SAMPLES) model inputs, in order,
+        starting from the recurrent `state` a previous call returned (None: a fresh one); returns the state after."""
 
 
 class _OnnxVad:
@@ -54,14 +55,14 @@ class _OnnxVad:
         self._session = session
         self._rate = np.array(SAMPLE_RATE, dtype=np.int64)
 
-    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
-        state = np.zeros(STATE_SHAPE, dtype=np.float32)
+    def probabilities(self, inputs: np.ndarray, state=None) -> tuple[np.ndarray, object]:
+        state = np.zeros(STATE_SHAPE, dtype=np.float32) if state is None else state
         probs = np.empty(len(inputs), dtype=np.float32)
         run = self._session.run
         for i in range(len(inputs)):
             out, state = run(None, {"input": inputs[i : i + 1], "state": state, "sr": self._rate})
             probs[i] = out[0, 0]
-        return probs
+        return probs, state
 
 
 class _JitVad:
@@ -75,15 +76,15 @@ class _JitVad:
                                "onnxruntime (pip install onnxruntime) so the ONNX model is used instead")
         self._core = module._model
 
-    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
-        state = torch.zeros(STATE_SHAPE)
+    def probabilities(self, inputs: np.ndarray, state=None) -> tuple[np.ndarray, object]:
+        state = torch.zeros(STATE_SHAPE) if state is None else state
         frames = torch.from_numpy(inputs)
         probs = np.empty(len(inputs), dtype=np.float32)
         with torch.inference_mode():
             for i in range(len(inputs)):
                 out, state = self._core(frames[i : i + 1], state)
                 probs[i] = float(out[0, 0])
-        return probs
+        return probs, state
 
 
 _MODEL: _VadModel | None = None
@@ -163,7 +164,33 @@ def speech_probabilities(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> n
     audio = validate_audio(audio, sample_rate)
     if audio.size == 0:
         return np.zeros(0, dtype=np.float32)
-    return _get_model().probabilities(_model_inputs(audio))
+    return _get_model().probabilities(_model_inputs(audio))[0]
+
+
+class StreamingSpeechProbabilities:
+    """speech_probabilities over a stream fed in pieces: each complete 32 ms frame is scored once, carrying the
+    model's recurrent state and the previous frame's last samples, so the probabilities equal scoring the whole
+    stream at once (tested) while a piece costs time proportional to its length, not to any re-scored context."""
+
+    def __init__(self) -> None:
+        self._model = _get_model()
+        self._state = None
+        self._pending = np.zeros(0, dtype=np.float32)  # samples of the incomplete last frame
+        self._context = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)  # the last scored frame's last samples
+
+    def feed(self, audio: np.ndarray) -> np.ndarray:
+        """Probabilities of the frames the new 16 kHz samples complete (possibly none)."""
+        audio = np.concatenate([self._pending, validate_audio(audio)])
+        n_frames = audio.size // FRAME_SAMPLES
+        self._pending = audio[n_frames * FRAME_SAMPLES:]
+        if n_frames == 0:
+            return np.zeros(0, dtype=np.float32)
+        frames = audio[: n_frames * FRAME_SAMPLES].reshape(n_frames, FRAME_SAMPLES)
+        context = np.concatenate([self._context[None], frames[:-1, -CONTEXT_SAMPLES:]], axis=0)
+        self._context = frames[-1, -CONTEXT_SAMPLES:].copy()
+        probs, self._state = self._model.probabilities(np.ascontiguousarray(np.concatenate([context, frames], 1)),
+                                                       self._state)
+        return probs
 
 
 def _model_inputs(audio: np.ndarray) -> np.ndarray:

@@ -149,14 +149,17 @@ class LLMEngine:
     # --- requests ---------------------------------------------------------------------------------
     def add_request(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
                     audio_seconds: float = 30.0, window_key: str | None = None, retain_window: bool = False,
-                    priority: int = 0) -> None:
+                    priority: int = 0, urgent_after: float | None = None) -> None:
         """Queue one window for decoding; features are (n_mels, 3000) log-mel frames.
 
         Requests with the same window_key share one encoder run and cross-attention slot. With retain_window the
-        slot outlives the request until release_window(window_key), so later requests skip the encoder too.
+        slot outlives the request until release_window(window_key), so later requests skip the encoder too. A
+        request of priority > 0 with urgent_after counts as priority 0 that many seconds after it was added.
         """
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if urgent_after is not None and urgent_after < 0:
+            raise ValueError(f"urgent_after must be at least 0 seconds, got {urgent_after}")
         expected = (self.loaded.config.num_mel_bins, 3000)
         if tuple(features.shape) != expected:
             raise ValueError(f"features must have shape {expected}, got {tuple(features.shape)}")
@@ -174,7 +177,7 @@ class LLMEngine:
             generator = torch.Generator(device=self.loaded.model.device)
             generator.manual_seed(params.seed if params.seed is not None else torch.seed())
         request = Request(request_id, features, list(prompt), params, max_tokens, audio_seconds,
-                          generator=generator, priority=priority)
+                          generator=generator, priority=priority, urgent_after=urgent_after)
         request.window = self.windows.attach(window_key or f"request:{request_id}", retain_window)
         self.requests[request_id] = request
         self.scheduler.add(request)

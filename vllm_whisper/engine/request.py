@@ -68,6 +68,9 @@ class Request:
     window: WindowState | None = None  # the window (and cross-attention slot) this request decodes
     generator: torch.Generator | None = None
     priority: int = 0  # lower is admitted first (vLLM's convention); equal priorities keep arrival order
+    # Seconds after arrival from which a deferred request (priority > 0) counts as priority 0: its latency budget, so
+    # work that yields to uploads is still never starved by them. None: it stays at its priority.
+    urgent_after: float | None = None
     first_token_time: float | None = None
     scheduled_time: float | None = None  # first admission (queue time = scheduled_time - arrival_time)
     last_token_time: float | None = None  # the step that produced its latest token (inter-token latency)
@@ -78,6 +81,11 @@ class Request:
     def __post_init__(self) -> None:
         if not self.seqs:
             self.seqs = [Sequence(self)]
+
+    @property
+    def urgent_at(self) -> float | None:
+        """When a deferred request is promoted to priority 0 (monotonic seconds); None when never."""
+        return None if self.urgent_after is None or self.priority == 0 else self.arrival_time + self.urgent_after
 
     @property
     def cross_slot(self) -> int | None:

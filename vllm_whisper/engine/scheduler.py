@@ -2,18 +2,23 @@
 and admit waiting windows first-come-first-served while sequences, slots, blocks and budgets allow. Alignment
 passes (word timestamps) need no blocks: the waiting ones run together, up to the batched-token budget.
 
+A deferred request (a less urgent priority with a latency budget, `Request.urgent_after`) counts as priority 0
+once its budget has run out (promotions.py): it then goes ahead of urgent requests that arrived after it.
+
 Beams share blocks after a fork; before a sequence writes into a shared, partly filled block it gets its own
 copy (copy-on-write), which the runner performs at the start of the step.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.alignment import AlignmentRequest
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool
+from vllm_whisper.engine.promotions import Promotions
 from vllm_whisper.engine.request import Request, RequestStatus, Sequence
 
 
@@ -50,6 +55,8 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.alignments: deque[AlignmentRequest] = deque()
+        self.promotions = Promotions()
+        self.clock = time.monotonic  # what deferred requests' budgets are measured on (Request.arrival_time's clock)
         self.num_preemptions = 0
 
     @property
@@ -58,6 +65,10 @@ class Scheduler:
 
     def add(self, request: Request) -> None:
         """Queue behind every waiting request of the same or a more urgent (lower) priority."""
+        self.promotions.track(request)
+        self._enqueue(request)
+
+    def _enqueue(self, request: Request) -> None:
         if not self.waiting or self.waiting[-1].priority <= request.priority:
             self.waiting.append(request)
             return
@@ -71,6 +82,8 @@ class Scheduler:
         """This step's work: see the module docstring; best-effort requests wait (new windows) or pause (running
         ones) while more urgent requests run."""
         out = SchedulerOutput()
+        if self.promotions:
+            self._promote(self.clock())
         token_budget = self.config.max_num_batched_tokens
         # 1. Running sequences each feed one token; make room for it, preempting the newest request if needed. A
         # best-effort request (a larger priority value than the most urgent running one) pauses: it keeps its blocks
@@ -148,6 +161,17 @@ class Scheduler:
             out.prefill += request.seqs
         self._schedule_alignments(out)
         return out
+
+    def _promote(self, now: float) -> None:
+        """Raise deferred requests whose budget ran out to priority 0; a waiting one moves to its arrival order among
+        the waiting priority-0 requests (a running one simply stops being paused)."""
+        for request in self.promotions.due(now):
+            if request not in self.waiting:
+                continue
+            self.waiting.remove(request)
+            index = next((i for i, waiting in enumerate(self.waiting)
+                          if waiting.priority > 0 or waiting.arrival_time > request.arrival_time), len(self.waiting))
+            self.waiting.insert(index, request)
 
     def _schedule_alignments(self, out: SchedulerOutput) -> None:
         """Admit waiting alignment passes in arrival order while their tokens fit the batched-token budget (at

@@ -50,11 +50,13 @@ def pcm16_chunks(audio_16k: np.ndarray, rate: int, chunk_ms: int) -> list[str]:
 
 async def stream_audio(url: str, audio_16k: np.ndarray, speech: tuple[float, float], *, rate: int = 24000,
                        chunk_ms: int = 100, session: dict | None = None, commit: bool = False,
-                       wait_for: int = 1, timeout: float = 60.0, headers: dict | None = None) -> RealtimeRun:
+                       wait_for: int = 1, timeout: float = 60.0, headers: dict | None = None,
+                       chunks: list[str] | None = None) -> RealtimeRun:
     """Send the audio at real-time pace; `speech` is (start, end) seconds of speech in it. Returns once
-    `wait_for` completed transcripts arrived (or on timeout)."""
+    `wait_for` completed transcripts arrived (or on timeout). `chunks`: the audio already as pcm16_chunks(audio_16k,
+    rate, chunk_ms), so a client streaming the same audio many times resamples it once, not on its event loop."""
     run = RealtimeRun()
-    chunks = pcm16_chunks(audio_16k, rate, chunk_ms)
+    chunks = pcm16_chunks(audio_16k, rate, chunk_ms) if chunks is None else chunks
     async with websockets.connect(url, additional_headers=headers or {}, max_size=2**24) as ws:
         start = time.perf_counter()
 

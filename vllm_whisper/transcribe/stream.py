@@ -76,10 +76,12 @@ _PIECE_END = object()
 class _TaskJobs:
     """Jobs onto the async engine: each runs as a task that consumes its request's outputs (run_job)."""
 
-    def __init__(self, engine: AsyncLLMEngine, run_job: Callable[[WindowJob], Awaitable[None]], priority: int):
+    def __init__(self, engine: AsyncLLMEngine, run_job: Callable[[WindowJob], Awaitable[None]], priority: int,
+                 urgent_after: float | None):
         self.engine = engine
         self.run_job = run_job
         self.priority = priority
+        self.urgent_after = urgent_after
         self.tasks: set[asyncio.Task] = set()
 
     def submit(self, job: WindowJob) -> None:
@@ -93,7 +95,8 @@ class _TaskJobs:
             return self.engine.align(job.job_id, job.features, job.prompt, job.alignment,
                                      window_key=job.window_key, retain_window=True)
         return self.engine.generate(job.job_id, job.features, job.prompt, job.params, job.audio_seconds,
-                                    window_key=job.window_key, retain_window=True, priority=self.priority)
+                                    window_key=job.window_key, retain_window=True, priority=self.priority,
+                                    urgent_after=self.urgent_after)
 
     def release_window(self, window_key: str) -> None:
         self.engine.release_window(window_key)
@@ -110,11 +113,13 @@ class _TaskJobs:
 
 
 async def stream_transcription(engine: AsyncLLMEngine, audio: np.ndarray, params: TranscriptionParams,
-                               request_id: str, priority: int = 0) -> AsyncIterator[TranscriptionEvent]:
+                               request_id: str, priority: int = 0, urgent_after: float | None = None
+                               ) -> AsyncIterator[TranscriptionEvent]:
     """Events for one file, in time order; closing the iterator early aborts the windows in flight and frees
     their cache. Pieces of a parallel-chunked file decode concurrently; a later piece's events wait (buffered)
     until the earlier pieces have been sent. `priority` orders the file's windows in the engine's queue (lower
-    first; best-effort work such as realtime partial passes uses 1)."""
+    first; realtime turns use 1, their partial passes 2) and `urgent_after` is a deferred window's latency budget
+    (LLMEngine.add_request)."""
     file = await asyncio.to_thread(FileTranscription, engine.loaded, audio, params, request_id)
     pieces = [_PieceEvents(file, piece) for piece in file.pieces]
     by_machine = {id(p.piece.machine): p for p in pieces}
@@ -128,7 +133,7 @@ async def stream_transcription(engine: AsyncLLMEngine, audio: np.ndarray, params
         except Exception as exc:  # surfaces in the consumer, in order
             events.queue.put_nowait(exc)
 
-    jobs = _TaskJobs(engine, run_job, priority)
+    jobs = _TaskJobs(engine, run_job, priority, urgent_after)
     driver = FileDriver([file], jobs)
     at_start = True
     held_tokens = 0  # of deltas dropped as leading whitespace, counted with the next one

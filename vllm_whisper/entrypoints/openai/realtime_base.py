@@ -4,6 +4,9 @@ The socket loop (binary frames, bad JSON and bad values become `error` events, n
 the close on server shutdown, and partial passes: while an utterance grows, its audio is decoded again every
 `PASS_INTERVAL_S` at best-effort engine priority, continuing after the words already sent (a forced prefix), and
 words two passes agree on (LocalAgreement) are sent once and never change.
+
+Engine priorities: uploads 0; a committed turn's final pass 1 (it yields to uploads, but only for
+`FINAL_PASS_BUDGET_S`, after which it counts as 0 and goes ahead of later uploads); partial passes 2 (pure best effort).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ logger = logging.getLogger(__name__)
 PASS_INTERVAL_S = 0.3  # new audio needed before another partial pass
 MIN_PASS_AUDIO_S = 0.6  # no partial pass on less audio than this
 MAX_TURN_S = 29.0  # audio decoded as one piece at most (Whisper hears 30 s at a time)
-PARTIAL_PASS_PRIORITY = 1  # engine priority of partial passes: after every request of priority 0
+FINAL_PASS_PRIORITY = 1  # engine priority of a committed turn's final pass: after uploads (priority 0) ...
+FINAL_PASS_BUDGET_S = 15.0  # ... for at most this long; then it is urgent (priority 0), so uploads cannot starve turns
+PARTIAL_PASS_PRIORITY = 2  # engine priority of partial passes: after uploads and committed turns
 
 # What parsing a client's event can raise besides our own errors: wrong types (a string rate, a list where an object
 # belongs), numbers out of range (int(1e400)), bad base64 or text encodings.
@@ -234,14 +239,15 @@ class RealtimeSessionBase(ABC):
             initial_prompt=self.transcription_prompt(), condition_on_previous_text=False, prefix=prefix or None,
             temperature=fallback_temperatures(0.0) if final else (0.0,),
             max_new_tokens=self.engine.config.default_max_new_tokens)
-        # Partial passes are best effort: they queue behind uploads and finished utterances (priority 1), so many
-        # live sessions cannot starve the server's other work; an utterance's final pass has normal priority.
-        priority = 0 if final else PARTIAL_PASS_PRIORITY
+        # Partial passes are best effort: they queue behind uploads and committed turns, so many live sessions
+        # cannot starve the server's other work. A committed turn's final pass yields to uploads within its budget:
+        # on a saturated CPU every upload would otherwise share its steps with the encoder passes of many turns.
+        priority, budget = (FINAL_PASS_PRIORITY, FINAL_PASS_BUDGET_S) if final else (PARTIAL_PASS_PRIORITY, None)
         request_id = f"rt-{self.session_id}-{tag}"
         turn = RequestRecord(request_id, self.served_names[0], "realtime", audio_seconds=audio.size / 16000,
                              streamed=True)
         with logged(turn) if final else nullcontext():  # a turn's final pass is its request-log line
-            async for event in stream_transcription(self.engine, audio, params, request_id, priority):
+            async for event in stream_transcription(self.engine, audio, params, request_id, priority, budget):
                 if isinstance(event, TranscriptionFinished):
                     return event.result.text
             return ""
