@@ -14,7 +14,7 @@ from torch import Tensor
 
 FRAMES_PER_SECOND = 50  # encoder frames per second of audio (20 ms each; mel frames are twice as many)
 BUCKET_FRAMES = 128  # lengths are rounded up to a multiple of this
-MIN_FRAMES = 256  # 5.12 s: below this the model's output degrades and the saving is small
+MIN_FRAMES = 1024  # 20.48 s: tiny.en at 256 or 768 frames loops on 2-3 s sentences (benchmarks/README.md)
 MARGIN_FRAMES = 50  # 1 s of padding kept after the audio
 
 
