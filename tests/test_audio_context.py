@@ -56,7 +56,8 @@ def run(engine: LLMEngine, jobs: list[tuple]) -> dict:
 
 
 def encoder_inputs(loaded) -> tuple[list[int], object]:
-    """Mel frames of every encoder call, recorded by a forward pre-hook on its first convolution (the real encoder still runs, whole or in chunks)."""
+    """Mel frames of every encoder call, recorded by a forward pre-hook on its first convolution (the real encoder
+    still runs, whole or in chunks)."""
     seen: list[int] = []
     handle = loaded.model.encoder.conv1.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-1]))
     return seen, handle

@@ -1,8 +1,7 @@
-"""Triton attention over the engine's caches: the same interface and cache layout as TorchPagedAttention.
-
-Per step (built once, shared by all layers): int32 block tables derived from the metadata's key slots, the
-lengths, the new tokens' slots, each row's cross-attention slot and the frames that slot holds. Per layer: one fused K/V store, one paged
-self-attention kernel (prefill or decode) and the split-frames cross-attention kernel (plus its combine).
+"""Triton attention over the engine's caches: the same interface and cache layout as TorchPagedAttention. Per step
+(built once, shared by all layers): int32 block tables derived from the metadata's key slots, the lengths, the new
+tokens' slots, each row's cross-attention slot and the frames that slot holds. Per layer: one fused K/V store, one
+paged self-attention kernel (prefill or decode) and the split-frames cross-attention kernel (plus its combine).
 """
 
 from __future__ import annotations

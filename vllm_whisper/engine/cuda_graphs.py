@@ -5,7 +5,8 @@ not the GPU, bounds the step. Replaying a captured graph launches them all at on
 graph of the smallest bucket >= B over fixed-shape input buffers: token ids, positions, block tables of fixed width
 (max_target_positions / block_size columns), lengths, the new tokens' cache slots and each row's cross-attention
 slot with the frames it holds. Rows past B are padding: they write no K/V (slot -1), attend one key of block 0 and
-read one frame of slot 0's cross K/V; their logits are dropped. Prefill steps (a window's first step, which feeds the whole prompt) stay eager.
+read one frame of slot 0's cross K/V; their logits are dropped. Prefill steps (a window's first step, which feeds
+the whole prompt) stay eager.
 
 Graphs need the Triton backend: its kernels read every length and slot from device tensors, so nothing a launch
 depends on changes between replays (the torch reference picks shapes and branches on host values each step).
@@ -51,11 +52,11 @@ class DecodeRow:
 
 class DecodeBuffers:
     """The step's inputs for every bucket's graph, packed in one int64 matrix so a step stages them with one host
-    copy and one host-to-device copy; a bucket of N reads the first N rows, so one set serves all sizes. The
-    graphs derive the kernels' int32 tables and lengths from it on the device. Columns: token, position (= tokens
-    cached before the step), the new token's flat cache slot (-1: padding, writes nothing), cross-attention slot,
-    the frames that slot holds (padding: 1), then the block table (zero-padded). The host copy is pinned on CUDA and reused: a step stages only after the
-    previous step's sampled tokens reached the host, so its copy has finished."""
+    copy and one host-to-device copy; a bucket of N reads the first N rows, so one set serves all sizes. The graphs
+    derive the kernels' int32 tables and lengths from it on the device. Columns: token, position (= tokens cached
+    before the step), the new token's flat cache slot (-1: padding, writes nothing), cross-attention slot, the
+    frames that slot holds (padding: 1), then the block table (zero-padded). The host copy is pinned on CUDA and
+    reused: a step stages only after the previous step's sampled tokens reached the host, so its copy has finished."""
 
     TOKEN, POSITION, SLOT, CROSS_SLOT, CROSS_LEN, TABLE = 0, 1, 2, 3, 4, 5
 
@@ -84,7 +85,8 @@ class DecodeBuffers:
         width = self.TABLE + self.max_blocks
         packed = [[row.token, row.position,
                    row.block_table[row.position // block_size] * block_size + row.position % block_size,
-                   row.cross_slot, row.cross_frames or self.max_frames, *row.block_table, *[0] * (self.max_blocks - len(row.block_table))]
+                   row.cross_slot, row.cross_frames or self.max_frames, *row.block_table,
+                   *[0] * (self.max_blocks - len(row.block_table))]
                   for row in rows]
         packed += [self.padding_row(width)] * (size - len(rows))
         self.host[:size].copy_(torch.tensor(packed, dtype=torch.long))
