@@ -20,6 +20,7 @@ whisper.cpp (pywhispercpp) on the checkpoint converted to ggml by peers/convert_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -166,6 +167,8 @@ class Ours:
         from vllm_whisper import LLM
 
         self.name, self.llm, self.batch_size = "vllm-whisper", LLM(engine_args=engine_args), batch_size
+        if engine_args.audio_context != "full":
+            self.name += f" (audio-context {engine_args.audio_context})"
 
     def transcribe(self, audios: list[np.ndarray], word_timestamps: bool = False) -> list[Transcript]:
         from vllm_whisper import TranscriptionParams
@@ -287,6 +290,9 @@ def faster_whisper_installed() -> bool:
 
 def build_systems(args: argparse.Namespace, folder: Path) -> list[System]:
     systems: list[System] = [Ours(EngineArgs.from_cli_args(args))]
+    if args.compare_audio_context:
+        compared = dataclasses.replace(EngineArgs.from_cli_args(args), audio_context=args.compare_audio_context)
+        systems.append(Ours(compared))
     if not args.skip_transformers:
         systems.append(Transformers(args.model, folder))
     if not args.skip_faster_whisper:
@@ -386,6 +392,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="smoke test: 3 sentences, clean and noise, 4-sentence timeline, faster-whisper int8, "
                              "whisper.cpp q8_0")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--compare-audio-context", choices=("auto",), default=None,
+                        help="also score our engine with this --audio-context, in the same invocation")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--skip-faster-whisper", action="store_true")
     parser.add_argument("--skip-whisper-cpp", action="store_true")

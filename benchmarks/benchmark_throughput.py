@@ -12,6 +12,7 @@ with timestamps, English, no VAD, no conditioning on previous text, so they do t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -41,6 +42,8 @@ def run_engine(engine_args: EngineArgs, paths: list[Path], audio_seconds: float,
     wall = time.perf_counter() - start
     tokens = sum(len(s.tokens) for r in results for s in r.segments)
     label = "vllm-whisper, all at once" if together else "vllm-whisper, one at a time"
+    if engine_args.audio_context != "full":
+        label += f", audio-context {engine_args.audio_context}"
     return {"system": f"{label} ({precision})", "precision": precision, "wall_s": wall, "rtfx": audio_seconds / wall,
             "tokens_per_s": tokens / wall, "texts": [r.text for r in results],
             "encoder_runs": llm.engine.stats.encoder_runs}
@@ -106,6 +109,8 @@ def main() -> None:
     parser.add_argument("--sentences-per-clip", type=int, default=1,
                         help="1: one short sentence per clip; 8: ~25 s paragraphs that fill a window like real speech")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--compare-audio-context", choices=("auto",), default=None,
+                        help="also run the all-at-once row with this --audio-context, in the same invocation")
     parser.add_argument("--skip-faster-whisper", action="store_true")
     parser.add_argument("--skip-whisper-cpp", action="store_true")
     parser.add_argument("--whisper-cpp-types", default=",".join(WHISPER_CPP_TYPES),
@@ -131,6 +136,9 @@ def main() -> None:
             run_engine(EngineArgs.from_cli_args(args), paths, audio_seconds, True),
             run_engine(EngineArgs.from_cli_args(args), paths, audio_seconds, False),
         ]
+        if args.compare_audio_context:
+            compared = dataclasses.replace(EngineArgs.from_cli_args(args), audio_context=args.compare_audio_context)
+            rows.append(run_engine(compared, paths, audio_seconds, True))
         if not args.skip_faster_whisper:
             for compute_type in ("int8", "float32"):
                 row = run_faster_whisper(args.model, compute_type, paths, audio_seconds)

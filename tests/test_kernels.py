@@ -151,6 +151,28 @@ def test_cross_attention(gen, dtype, tokens, num_splits):
     assert_close(out, cross_attention_reference(q, cross_k, cross_v, slots), dtype)
 
 
+@pytest.mark.parametrize("tokens", [1, 5])
+@pytest.mark.parametrize("num_splits", [1, 4])
+def test_cross_attention_reads_only_each_slots_frames(gen, tokens, num_splits):
+    """Per-row lengths (a shortened audio context): each row attends over exactly its slot's first lens[b] frames,
+    equal to full attention over those frames alone; splits past a short row's frames are empty and weigh nothing.
+    The frames past each length hold NaN, so reading one of them would show."""
+    frames, heads, dtype = 100, 2, torch.float32
+    cross_k = randn(gen, 5, heads, frames, 64, dtype=dtype)
+    cross_v = randn(gen, 5, heads, frames, 64, dtype=dtype)
+    slots = torch.tensor([3, 0, 4], dtype=torch.int32, device=DEVICE)
+    lens = torch.tensor([17, 100, 40], dtype=torch.int32, device=DEVICE)
+    for slot, n in zip(slots.tolist(), lens.tolist()):
+        cross_k[slot, :, n:] = float("nan")
+        cross_v[slot, :, n:] = float("nan")
+    (q,) = heads_view(gen, 3, tokens, heads, 64, dtype, count=1)
+    out = cross_attention(q, cross_k, cross_v, slots, num_splits=num_splits, block_n=16, lens=lens)
+    for b, (slot, n) in enumerate(zip(slots.tolist(), lens.tolist())):
+        alone = cross_attention_reference(q[b:b + 1], cross_k[slot:slot + 1, :, :n], cross_v[slot:slot + 1, :, :n],
+                                          torch.zeros(1, dtype=torch.int32, device=DEVICE))
+        assert_close(out[b:b + 1], alone, dtype)
+
+
 def test_split_plan_fills_the_device_in_whole_tiles():
     splits, per_split = plan_splits(rows=12, frames=1500, block_n=64, device=torch.device("cpu"))  # 1 "SM"
     assert (splits, per_split) == (1, 1536)

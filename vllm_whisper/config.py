@@ -28,6 +28,8 @@ class EngineConfig:
     attention_backend: "auto" (Triton on CUDA, torch on CPU), "torch" or "triton".
     enforce_eager: never capture CUDA graphs (they are captured on CUDA with the Triton backend, one per decode
         batch-size bucket up to max_num_seqs; capture takes seconds and some GPU memory at start-up).
+    audio_context: "full" encodes every window over 1500 encoder frames (30 s); "auto" encodes a window holding
+        less audio over only the frames it needs (engine/audio_context.py), trading some accuracy for speed.
     """
 
     max_num_seqs: int = 64
@@ -42,6 +44,7 @@ class EngineConfig:
     attention_backend: str = "auto"
     enforce_eager: bool = False
     max_model_len: int = DECODER_CONTEXT
+    audio_context: str = "full"
 
     def __post_init__(self) -> None:
         positive = ("max_num_seqs", "max_num_batched_tokens", "max_encoder_windows_per_step", "block_size",
@@ -63,6 +66,8 @@ class EngineConfig:
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"attention_backend must be auto, torch or triton, "
                              f"got {self.attention_backend!r}")
+        if self.audio_context not in ("full", "auto"):
+            raise ValueError(f"audio_context must be full or auto, got {self.audio_context!r}")
 
     @property
     def default_max_new_tokens(self) -> int:

@@ -17,6 +17,8 @@ class PagedAttentionMetadata:
     context_lens: (B,) tokens in each sequence's cache after this step.
     past_lens: (B,) tokens that were already cached before this step.
     cross_slots: (B,) each sequence's cross-attention slot.
+    cross_lens: (B,) encoder frames each sequence's slot holds (a shortened audio context stores fewer than the
+        slot's 1500), or None when every slot is full.
     """
 
     slot_mapping: Tensor
@@ -25,10 +27,13 @@ class PagedAttentionMetadata:
     past_lens: Tensor
     cross_slots: Tensor
     cross_slots_list: list[int]
+    cross_lens: Tensor | None = None
+    cross_lens_list: list[int] | None = None
 
     @classmethod
     def build(cls, block_tables: list[list[int]], past_lens: list[int], new_lens: list[int],
-              cross_slots: list[int], block_size: int, device: torch.device) -> "PagedAttentionMetadata":
+              cross_slots: list[int], block_size: int, device: torch.device,
+              cross_lens: list[int] | None = None) -> "PagedAttentionMetadata":
         """Vectorised: one padded block-table tensor, then slots = block * block_size + offset for every key."""
         t_max = max(new_lens)
         max_blocks = max(len(t) for t in block_tables)
@@ -45,4 +50,6 @@ class PagedAttentionMetadata:
         return cls(
             slot_mapping.to(device), key_slots.to(device), context.to(device), past.to(device),
             torch.tensor(cross_slots, device=device), list(cross_slots),
+            None if cross_lens is None else torch.tensor(cross_lens, device=device),
+            None if cross_lens is None else list(cross_lens),
         )

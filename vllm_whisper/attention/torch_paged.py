@@ -1,7 +1,8 @@
 """Reference attention over the paged self-attention cache and the cross-attention slots, in plain torch.
 
 Runs everywhere and is the oracle for the Triton kernels. Self-attention gathers each sequence's keys through
-its block table; cross-attention reads each window's slot in place (no gather copy of 1500 frames).
+its block table; cross-attention reads each window's slot in place (no gather copy of 1500 frames), over the
+frames the slot holds (fewer under a shortened audio context).
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ class TorchPagedAttention:
     def cross_attend(self, layer: int, q: Tensor) -> Tensor:
         cross_k, cross_v = self.cache.cross_k[layer], self.cache.cross_v[layer]
         slots = self.meta.cross_slots_list
-        first = slots[0]
-        if slots == list(range(first, first + len(slots))):  # contiguous slots: one batched call on a view
-            k, v = cross_k[first:first + len(slots)], cross_v[first:first + len(slots)]
+        lens = self.meta.cross_lens_list or [cross_k.shape[2]] * len(slots)
+        first, frames = slots[0], lens[0]
+        if slots == list(range(first, first + len(slots))) and lens.count(frames) == len(lens):
+            # contiguous slots of one length: one batched call on a view
+            k, v = cross_k[first:first + len(slots), :, :frames], cross_v[first:first + len(slots), :, :frames]
             return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
         outputs = [
-            F.scaled_dot_product_attention(q[b:b + 1], cross_k[s:s + 1].to(q.dtype), cross_v[s:s + 1].to(q.dtype))
-            for b, s in enumerate(slots)
+            F.scaled_dot_product_attention(q[b:b + 1], cross_k[s:s + 1, :, :n].to(q.dtype),
+                                           cross_v[s:s + 1, :, :n].to(q.dtype))
+            for b, (s, n) in enumerate(zip(slots, lens))
         ]
         return torch.cat(outputs)

@@ -1,8 +1,7 @@
-"""Triton attention over the engine's caches: the same interface and cache layout as TorchPagedAttention.
-
-Per step (built once, shared by all layers): int32 block tables derived from the metadata's key slots, the
-lengths, the new tokens' slots and each row's cross-attention slot. Per layer: one fused K/V store, one paged
-self-attention kernel (prefill or decode) and the split-frames cross-attention kernel (plus its combine).
+"""Triton attention over the engine's caches: the same interface and cache layout as TorchPagedAttention. Per step
+(built once, shared by all layers): int32 block tables derived from the metadata's key slots, the lengths, the new
+tokens' slots, each row's cross-attention slot and the frames that slot holds. Per layer: one fused K/V store, one
+paged self-attention kernel (prefill or decode) and the split-frames cross-attention kernel (plus its combine).
 """
 
 from __future__ import annotations
@@ -30,17 +29,27 @@ class TritonPagedAttention:
         self.context_lens = metadata.context_lens.to(torch.int32)
         self.slot_mapping = metadata.slot_mapping
         self.cross_slots = metadata.cross_slots.to(torch.int32)
+        self.cross_lens = self._lens(cache, metadata.cross_lens, len(metadata.cross_slots_list))
 
     @classmethod
     def from_tensors(cls, cache: KVCacheTensors, block_tables: Tensor, past_lens: Tensor, context_lens: Tensor,
-                     slot_mapping: Tensor, cross_slots: Tensor) -> "TritonPagedAttention":
+                     slot_mapping: Tensor, cross_slots: Tensor, cross_lens: Tensor | None = None
+                     ) -> "TritonPagedAttention":
         """Over caller-owned int32 tables and lengths, used as they are (no copies): the CUDA-graph decode path
         keeps them in fixed buffers whose addresses the captured kernels read."""
         attention = cls.__new__(cls)
         attention.cache = cache
         attention.block_tables, attention.past_lens, attention.context_lens = block_tables, past_lens, context_lens
         attention.slot_mapping, attention.cross_slots = slot_mapping, cross_slots
+        attention.cross_lens = cls._lens(cache, cross_lens, cross_slots.shape[0])
         return attention
+
+    @staticmethod
+    def _lens(cache: KVCacheTensors, lens: Tensor | None, batch: int) -> Tensor:
+        """int32 frames per row's slot: the given lengths, or every slot full."""
+        if lens is None:
+            return torch.full((batch,), cache.cross_k[0].shape[2], dtype=torch.int32, device=cache.cross_k[0].device)
+        return lens.to(torch.int32)
 
     def self_attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         k_cache, v_cache = self.cache.self_k[layer], self.cache.self_v[layer]
@@ -48,4 +57,5 @@ class TritonPagedAttention:
         return paged_attention(q, k_cache, v_cache, self.block_tables, self.past_lens, self.context_lens)
 
     def cross_attend(self, layer: int, q: Tensor) -> Tensor:
-        return cross_attention(q, self.cache.cross_k[layer], self.cache.cross_v[layer], self.cross_slots)
+        return cross_attention(q, self.cache.cross_k[layer], self.cache.cross_v[layer], self.cross_slots,
+                               lens=self.cross_lens)

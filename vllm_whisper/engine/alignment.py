@@ -60,3 +60,8 @@ class AlignmentRequest:
     @property
     def cross_slot(self) -> int | None:
         return None if self.window is None else self.window.slot
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of real audio in the window (sizes a shortened audio context when this request encodes it)."""
+        return self.params.num_frames / 100

@@ -4,8 +4,9 @@ A decode step is a few dozen small kernels per decoder layer; for Whisper's narr
 not the GPU, bounds the step. Replaying a captured graph launches them all at once. A step of B sequences runs the
 graph of the smallest bucket >= B over fixed-shape input buffers: token ids, positions, block tables of fixed width
 (max_target_positions / block_size columns), lengths, the new tokens' cache slots and each row's cross-attention
-slot. Rows past B are padding: they write no K/V (slot -1), attend one key of block 0 and read slot 0's cross K/V;
-their logits are dropped. Prefill steps (a window's first step, which feeds the whole prompt) stay eager.
+slot with the frames it holds. Rows past B are padding: they write no K/V (slot -1), attend one key of block 0 and
+read one frame of slot 0's cross K/V; their logits are dropped. Prefill steps (a window's first step, which feeds
+the whole prompt) stay eager.
 
 Graphs need the Triton backend: its kernels read every length and slot from device tensors, so nothing a launch
 depends on changes between replays (the torch reference picks shapes and branches on host values each step).
@@ -46,29 +47,33 @@ class DecodeRow:
     position: int
     block_table: list[int]
     cross_slot: int
+    cross_frames: int | None = None  # frames the slot holds (a shortened audio context); None: all of them
 
 
 class DecodeBuffers:
     """The step's inputs for every bucket's graph, packed in one int64 matrix so a step stages them with one host
-    copy and one host-to-device copy; a bucket of N reads the first N rows, so one set serves all sizes. The
-    graphs derive the kernels' int32 tables and lengths from it on the device. Columns: token, position (= tokens
-    cached before the step), the new token's flat cache slot (-1: padding, writes nothing), cross-attention slot,
-    then the block table (zero-padded). The host copy is pinned on CUDA and reused: a step stages only after the
-    previous step's sampled tokens reached the host, so its copy has finished."""
+    copy and one host-to-device copy; a bucket of N reads the first N rows, so one set serves all sizes. The graphs
+    derive the kernels' int32 tables and lengths from it on the device. Columns: token, position (= tokens cached
+    before the step), the new token's flat cache slot (-1: padding, writes nothing), cross-attention slot, the
+    frames that slot holds (padding: 1), then the block table (zero-padded). The host copy is pinned on CUDA and
+    reused: a step stages only after the previous step's sampled tokens reached the host, so its copy has finished."""
 
-    TOKEN, POSITION, SLOT, CROSS_SLOT, TABLE = 0, 1, 2, 3, 4
+    TOKEN, POSITION, SLOT, CROSS_SLOT, CROSS_LEN, TABLE = 0, 1, 2, 3, 4, 5
 
-    def __init__(self, max_batch: int, max_blocks: int, device: torch.device):
+    def __init__(self, max_batch: int, max_blocks: int, device: torch.device, max_frames: int):
         self.max_blocks = max_blocks
+        self.max_frames = max_frames
         width = self.TABLE + max_blocks
         self.host = torch.zeros(max_batch, width, dtype=torch.long, pin_memory=device.type == "cuda")
         self.device = torch.zeros(max_batch, width, dtype=torch.long, device=device)
         self.device[:, self.SLOT] = -1  # all padding until the first step: captures write nothing
+        self.device[:, self.CROSS_LEN] = 1
 
     @staticmethod
     def padding_row(width: int) -> list[int]:
         row = [0] * width
         row[DecodeBuffers.SLOT] = -1
+        row[DecodeBuffers.CROSS_LEN] = 1
         return row
 
     def stage(self, rows: list[DecodeRow], size: int, block_size: int) -> None:
@@ -80,7 +85,8 @@ class DecodeBuffers:
         width = self.TABLE + self.max_blocks
         packed = [[row.token, row.position,
                    row.block_table[row.position // block_size] * block_size + row.position % block_size,
-                   row.cross_slot, *row.block_table, *[0] * (self.max_blocks - len(row.block_table))]
+                   row.cross_slot, row.cross_frames or self.max_frames, *row.block_table,
+                   *[0] * (self.max_blocks - len(row.block_table))]
                   for row in rows]
         packed += [self.padding_row(width)] * (size - len(rows))
         self.host[:size].copy_(torch.tensor(packed, dtype=torch.long))
@@ -99,7 +105,7 @@ class DecodeGraphs:
         self.cache = cache
         self.batch_sizes = sorted(set(batch_sizes))
         self.max_blocks = -(-model.config.max_target_positions // cache.block_size)
-        self.buffers = DecodeBuffers(self.max_batch, self.max_blocks, model.device)
+        self.buffers = DecodeBuffers(self.max_batch, self.max_blocks, model.device, cache.cross_k[0].shape[2])
         self.captured = capture
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.replays = 0
@@ -121,6 +127,7 @@ class DecodeGraphs:
         attention = TritonPagedAttention.from_tensors(
             self.cache, packed[:, b.TABLE:].to(torch.int32), position.to(torch.int32), (position + 1).to(torch.int32),
             packed[:, b.SLOT:b.SLOT + 1], packed[:, b.CROSS_SLOT].to(torch.int32),
+            packed[:, b.CROSS_LEN].to(torch.int32),
         )
         hidden = self.model.decoder(packed[:, b.TOKEN:b.TOKEN + 1], packed[:, b.POSITION:b.POSITION + 1], attention)
         return self.model.compute_logits(hidden[:, 0])

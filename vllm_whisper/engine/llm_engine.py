@@ -23,6 +23,7 @@ from vllm_whisper.attention.kv_cache_layout import KVCacheTensors, allocate_tens
 from vllm_whisper.attention.selector import get_attention_backend
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.alignment import AlignmentParams, AlignmentRequest
+from vllm_whisper.engine.audio_context import cap_timestamps, last_timestamp_index
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, plan_pools
 from vllm_whisper.engine.penalties import apply_penalties
 from vllm_whisper.engine.model_runner import ModelRunner
@@ -87,7 +88,7 @@ class LLMEngine:
                                  model.device)
         backend = get_attention_backend(self.config.attention_backend, model.device, loaded.config.head_dim)
         self.runner = ModelRunner(model, cache, loaded.tokenizer.special.no_speech, backend,
-                                  self._capture_decode_graphs(cache, backend.name))
+                                  self._capture_decode_graphs(cache, backend.name), self.config.audio_context)
         self.windows = WindowRegistry(self.slot_pool)
         layers_per_step = self.config.encoder_layers_per_step
         self.chunked_encoder = (ChunkedEncoder(loaded.config.encoder_layers, layers_per_step)
@@ -293,6 +294,8 @@ class LLMEngine:
             window = request.window
             if window.slot is not None or any(p.window is window for p in picked):
                 continue
+            if picked and self.runner.frames_for(request) != self.runner.frames_for(picked[0]):
+                break  # one batch, one length (a shortened audio context): the next batch takes it
             if most_urgent is not None and request.priority > most_urgent:
                 break
             if len(picked) >= self.slot_pool.num_free:
@@ -408,7 +411,9 @@ class LLMEngine:
         """Everything that can fail on the model's side, with no effect on engine state but the runner's advance."""
         step = self.runner.run(seqs)
         # Whisper's rules for every row at once (the vllm_whisper._C op when built, else sampling/batched.py).
-        ruled = ops.apply_whisper_logits_rules(step.logits, [s.request.params.rules for s in seqs],
+        logits = cap_timestamps(step.logits, [self._timestamp_cap(s.request) for s in seqs],
+                                self.loaded.tokenizer.special.timestamp_begin)
+        ruled = ops.apply_whisper_logits_rules(logits, [s.request.params.rules for s in seqs],
                                                [s.output for s in seqs])
         broken = ~torch.isfinite(step.logits).all(dim=-1)  # NaN / inf raw logits: a numerical fault in that row
         broken_rows = set(torch.nonzero(broken).flatten().tolist()) if bool(broken.any()) else set()
@@ -437,6 +442,13 @@ class LLMEngine:
                              None if scores is ruled else ruled[plain_rows])
         beams = {rid: torch.log_softmax(scores[rows].float(), dim=-1) for rid, rows in beam_rows.items()}
         return _GroupDecision(step.no_speech_probs, failed, plain_rows, sampled, beams)
+
+    def _timestamp_cap(self, request: Request) -> int | None:
+        """The last timestamp index a shortened window may emit (its audio's end), None for a full window."""
+        frames = request.cross_frames
+        if frames is None or frames >= self.runner.max_frames:
+            return None
+        return last_timestamp_index(request.audio_seconds)
 
     def _apply(self, seqs: list[Sequence], decision: "_GroupDecision") -> list[RequestOutput]:
         """Record the decided tokens: append, finish, fork beams, and fail the rows whose logits were broken."""

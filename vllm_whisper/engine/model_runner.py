@@ -1,7 +1,8 @@
 """Runs the model for a scheduled step: batched encoder for new windows (cross K/V projected once, straight
 into their slots), then the decoder over the paged cache for the prefill and decode groups, then the step's
 alignment passes over their windows' slots. One-token decode groups replay a captured CUDA graph when the engine
-captured them (engine/cuda_graphs.py)."""
+captured them (engine/cuda_graphs.py). Under a shortened audio context (engine/audio_context.py) windows are
+encoded in groups of one length and each slot records how many frames it holds, which attention then reads."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from vllm_whisper.attention.metadata import PagedAttentionMetadata
 from vllm_whisper.attention.selector import AttentionBackend, get_attention_backend
 from vllm_whisper.engine.alignment import AlignmentOutput, AlignmentRequest
 from vllm_whisper.engine.alignment_pass import AlignmentRow, alignment_heads, run_alignment_pass
+from vllm_whisper.engine.audio_context import encoder_frames
 from vllm_whisper.engine.chunked_encoder import EncodingBatch
 from vllm_whisper.engine.request import Request, Sequence
 from vllm_whisper.model_executor.whisper import CrossKV, WhisperModel
@@ -43,19 +45,31 @@ class StepLogits:
 
 class ModelRunner:
     def __init__(self, model: WhisperModel, cache: KVCacheTensors, no_speech_token: int,
-                 backend: AttentionBackend | None = None, graphs: DecodeGraphs | None = None):
+                 backend: AttentionBackend | None = None, graphs: DecodeGraphs | None = None,
+                 audio_context: str = "full"):
         self.model = model
+        self.audio_context = audio_context
+        self.max_frames = model.config.max_source_positions
         self.graphs = graphs
         self.backend = backend or get_attention_backend("torch", model.device)
         self.cache = cache
         self.no_speech_token = no_speech_token
         self.counters = RunnerCounters()
 
+    def frames_for(self, request: Request | AlignmentRequest) -> int:
+        """Encoder frames the request's window is encoded over (max_frames unless the audio context is shortened)."""
+        return encoder_frames(self.audio_context, request.audio_seconds, self.max_frames)
+
     @torch.inference_mode()
     def encode(self, requests: list[Request | AlignmentRequest]) -> None:
-        """Encode the windows of newly admitted requests and write their cross K/V into their slots."""
-        features = torch.stack([r.features for r in requests]).to(self.model.device)
-        self._store_cross_kv(self.model.encode(features, attention=self.backend.encoder), requests)
+        """Encode the windows of newly admitted requests and write their cross K/V into their slots; windows of
+        different lengths (a shortened audio context) run as one batch per length."""
+        groups: dict[int, list[Request | AlignmentRequest]] = {}
+        for request in requests:
+            groups.setdefault(self.frames_for(request), []).append(request)
+        for frames, group in groups.items():
+            features = torch.stack([r.features[:, :2 * frames] for r in group]).to(self.model.device)
+            self._store_cross_kv(self.model.encode(features, attention=self.backend.encoder), group)
 
     @torch.inference_mode()
     def encode_chunk(self, batch: EncodingBatch, stop: int) -> bool:
@@ -70,7 +84,8 @@ class ModelRunner:
             return True
         mel = None
         if batch.hidden is None:
-            mel = torch.stack([r.features for r in batch.requests]).to(self.model.device)
+            frames = self.frames_for(batch.requests[0])  # the engine batches windows of one length
+            mel = torch.stack([r.features[:, :2 * frames] for r in batch.requests]).to(self.model.device)
         batch.hidden = self.model.encode_layers(batch.hidden, mel, batch.next_layer, stop, self.backend.encoder)
         batch.next_layer = stop
         if stop < len(self.model.encoder.layers):
@@ -82,18 +97,26 @@ class ModelRunner:
         """Project the encoder states to every layer's cross K/V, written straight into the windows' slots."""
         cross_kv = self.model.compute_cross_kv(encoder_out)
         slots = torch.tensor([r.cross_slot for r in requests], device=self.model.device)
+        frames = encoder_out.shape[1]
         for layer, (k, v) in enumerate(cross_kv):  # vllm_whisper._C op when built, else the same torch copy
-            ops.reshape_and_cache_cross(k, v, self.cache.cross_k[layer], self.cache.cross_v[layer], slots)
+            k_cache, v_cache = self.cache.cross_k[layer], self.cache.cross_v[layer]
+            if frames < self.max_frames:  # a shortened window fills the start of its slot (a strided view)
+                k_cache, v_cache = k_cache[:, :, :frames], v_cache[:, :, :frames]
+            ops.reshape_and_cache_cross(k, v, k_cache, v_cache, slots)
+        for request in requests:
+            request.window.frames = frames
         self.counters.encoder_runs += len(requests)
         self.counters.cross_kv_projections += len(requests)
 
-    def slot_cross_kv(self, slot: int) -> CrossKV:
-        """Per layer, views (1, heads, 1500, head_dim) of the cross K/V one slot holds."""
-        return [(k[slot:slot + 1], v[slot:slot + 1]) for k, v in zip(self.cache.cross_k, self.cache.cross_v)]
+    def slot_cross_kv(self, slot: int, frames: int | None = None) -> CrossKV:
+        """Per layer, views (1, heads, frames, head_dim) of the cross K/V one slot holds (frames: all 1500)."""
+        n = frames or self.max_frames
+        return [(k[slot:slot + 1, :, :n], v[slot:slot + 1, :, :n])
+                for k, v in zip(self.cache.cross_k, self.cache.cross_v)]
 
     def align(self, requests: list[AlignmentRequest]) -> list[AlignmentOutput]:
         """One alignment forward for the step's alignment requests, each reading its window's slot."""
-        rows = [AlignmentRow(self.slot_cross_kv(r.cross_slot), r.prompt, r.params) for r in requests]
+        rows = [AlignmentRow(self.slot_cross_kv(r.cross_slot, r.window.frames), r.prompt, r.params) for r in requests]
         outputs = run_alignment_pass(self.model, alignment_heads(self.model.config), requests[0].eot, rows)
         self.counters.alignment_passes += len(requests)
         return outputs
@@ -139,9 +162,14 @@ class ModelRunner:
     def _run_graph(self, seqs: list[Sequence], feeds: list[list[int]]) -> StepLogits:
         from vllm_whisper.engine.cuda_graphs import DecodeRow
 
-        rows = [DecodeRow(feed[0], seq.num_computed, seq.block_table, seq.request.cross_slot)
+        rows = [DecodeRow(feed[0], seq.num_computed, seq.block_table, seq.request.cross_slot, seq.request.cross_frames)
                 for seq, feed in zip(seqs, feeds)]
         return StepLogits(self.graphs.run(rows), [None] * len(seqs))
+
+    def _cross_lens(self, seqs: list[Sequence]) -> list[int] | None:
+        """Frames each row's slot holds, or None when every slot is full (the metadata then skips the lengths)."""
+        lens = [seq.request.cross_frames or self.max_frames for seq in seqs]
+        return None if all(n == self.max_frames for n in lens) else lens
 
     def _run_eager(self, seqs: list[Sequence], feeds: list[list[int]]) -> StepLogits:
         device = self.model.device
@@ -153,7 +181,7 @@ class ModelRunner:
         positions = starts + torch.minimum(torch.arange(t_max)[None, :], lengths - 1)
         metadata = PagedAttentionMetadata.build(
             [r.block_table for r in seqs], [r.num_computed for r in seqs], [len(f) for f in feeds],
-            [r.request.cross_slot for r in seqs], self.cache.block_size, device,
+            [r.request.cross_slot for r in seqs], self.cache.block_size, device, self._cross_lens(seqs),
         )
         hidden = self.model.decode(tokens.to(device), positions.to(device), self.backend.decoder(self.cache, metadata),
                                    max_position=int(positions.max()))

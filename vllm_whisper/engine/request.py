@@ -92,6 +92,11 @@ class Request:
         return None if self.window is None else self.window.slot
 
     @property
+    def cross_frames(self) -> int | None:
+        """Encoder frames its window's slot holds (None until encoded)."""
+        return None if self.window is None else self.window.frames
+
+    @property
     def is_beam_search(self) -> bool:
         return self.params.beam_size > 1
 

@@ -19,6 +19,7 @@ class WindowState:
     refs: int = 0  # live requests attached
     retained: bool = False
     encoding: bool = False  # slot taken, encoder split across steps still running: not readable yet
+    frames: int | None = None  # encoder frames its slot holds once encoded (1500, or fewer: engine/audio_context.py)
 
 
 class WindowRegistry:
@@ -49,5 +50,5 @@ class WindowRegistry:
         if state.refs <= 0 and not state.retained:
             if state.slot is not None:
                 self.slots.free(state.slot)
-                state.slot = None
+                state.slot = state.frames = None
             self.windows.pop(state.key, None)

@@ -58,7 +58,7 @@ def check(cap: int) -> list[str]:
     heads = dict(H=20, HEAD_DIM=64)
     for dtype in ["fp16", "fp32"] + (["bf16"] if cap >= 80 else []):
         ptr = "*" + dtype
-        io = dict(Q=ptr, K=ptr, V=ptr, O=ptr, KC=ptr, VC=ptr, O_PART="*fp32", LSE_PART="*fp32", SLOTS="*i32",
+        io = dict(Q=ptr, K=ptr, V=ptr, O=ptr, KC=ptr, VC=ptr, O_PART="*fp32", LSE_PART="*fp32", SLOTS="*i32", LENS="*i32",
                   BT="*i32", PAST="*i32", CTX="*i32")
         precision = "ieee" if dtype == "fp32" else "tf32"
         tensor_cores = cap >= 80 and dtype != "fp32"  # mirrors _common.tensor_core_dots

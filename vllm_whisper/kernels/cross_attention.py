@@ -5,7 +5,8 @@ contiguous run of frames x head_dim values, which is what a decode step must str
 engine's bandwidth floor). A batch of B sequences has only B x heads (sequence, head) pairs, too few programs to
 keep every SM streaming at small B, so the frames are cut into splits: each program reduces one split to a
 partial output plus its log-sum-exp, and a second small kernel combines the splits. When B x heads alone fills the
-device, one split is used and the first kernel writes the output directly.
+device, one split is used and the first kernel writes the output directly. Each row reads only the frames its slot
+holds (a per-row length: a shortened audio context stores fewer than 1500); splits past them do nothing.
 
 Decode (one query per sequence) reduces with elementwise products; several query tokens per sequence (the prompt)
 use tensor-core dots over BLOCK_M query rows, reading the window's K/V once for all of them.
@@ -33,18 +34,22 @@ PROGRAMS_PER_SM = 8  # programs per SM that keep its loads streaming (tune with 
 
 
 def cross_attention_reference(q: Tensor, cross_k: Tensor, cross_v: Tensor, slots: Tensor,
-                              scale: float | None = None) -> Tensor:
-    """The oracle in float32: row b of q (batch, heads, T, head_dim) attends over slot slots[b]."""
+                              scale: float | None = None, lens: Tensor | None = None) -> Tensor:
+    """The oracle in float32: row b of q (batch, heads, T, head_dim) attends over slot slots[b], its first lens[b]
+    frames (all when lens is None)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     index = slots.long()
     keys, values = cross_k[index].float(), cross_v[index].float()  # (B, H, N, D)
     scores = q.float() @ keys.transpose(-1, -2) * scale
+    if lens is not None:
+        frames = torch.arange(cross_k.shape[2], device=q.device)
+        scores = scores.masked_fill(frames[None, None, None, :] >= lens.long()[:, None, None, None], float("-inf"))
     return (torch.softmax(scores, dim=-1) @ values).to(q.dtype)
 
 
 @triton.jit
 def _cross_decode_kernel(
-    Q, K, V, O, O_PART, LSE_PART, SLOTS, qk_scale, N, FRAMES_PER_SPLIT,
+    Q, K, V, O, O_PART, LSE_PART, SLOTS, LENS, qk_scale, FRAMES_PER_SPLIT,
     s_qb, s_qh, s_qd, s_ks, s_kh, s_kn, s_kd, s_vs, s_vh, s_vn, s_vd, s_ob, s_oh, s_od,
     H: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -53,6 +58,7 @@ def _cross_decode_kernel(
     b = bh // H
     h = bh % H
     slot = tl.load(SLOTS + b).to(tl.int64)
+    N = tl.load(LENS + b)  # frames this row's slot holds: splits past them run no iteration
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b.to(tl.int64) * s_qb + h * s_qh + offs_d * s_qd).to(tl.float32) * qk_scale
@@ -77,13 +83,14 @@ def _cross_decode_kernel(
         tl.store(O + b.to(tl.int64) * s_ob + h * s_oh + offs_d * s_od, (acc / l_i).to(O.dtype.element_ty))
     else:
         part = bh.to(tl.int64) * NUM_SPLITS + split  # partials are (B, H, T=1, splits, ...)
-        tl.store(O_PART + part * HEAD_DIM + offs_d, acc / l_i)
-        tl.store(LSE_PART + part, m_i + tl.math.log2(l_i))
+        filled = l_i > 0  # an empty split (past a shortened slot's frames) weighs nothing in the combine
+        tl.store(O_PART + part * HEAD_DIM + offs_d, acc / tl.where(filled, l_i, 1.0))
+        tl.store(LSE_PART + part, tl.where(filled, m_i + tl.math.log2(tl.where(filled, l_i, 1.0)), float("-inf")))
 
 
 @triton.jit
 def _cross_prefill_kernel(
-    Q, K, V, O, O_PART, LSE_PART, SLOTS, qk_scale, N, T, FRAMES_PER_SPLIT,
+    Q, K, V, O, O_PART, LSE_PART, SLOTS, LENS, qk_scale, T, FRAMES_PER_SPLIT,
     s_qb, s_qh, s_qt, s_qd, s_ks, s_kh, s_kn, s_kd, s_vs, s_vh, s_vn, s_vd, s_ob, s_oh, s_ot, s_od,
     H: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
@@ -94,6 +101,7 @@ def _cross_prefill_kernel(
     b = bh // H
     h = bh % H
     slot = tl.load(SLOTS + b).to(tl.int64)
+    N = tl.load(LENS + b)  # frames this row's slot holds: splits past them run no iteration
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -122,8 +130,10 @@ def _cross_prefill_kernel(
                  (acc / l_i[:, None]).to(O.dtype.element_ty), mask=row_ok[:, None])
     else:
         part = (bh.to(tl.int64) * T + offs_m) * NUM_SPLITS + split  # partials are (B, H, T, splits, ...)
-        tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], acc / l_i[:, None], mask=row_ok[:, None])
-        tl.store(LSE_PART + part, m_i + tl.math.log2(l_i), mask=row_ok)
+        filled = l_i > 0  # an empty split (past a shortened slot's frames) weighs nothing in the combine
+        l_safe = tl.where(filled, l_i, 1.0)
+        tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], acc / l_safe[:, None], mask=row_ok[:, None])
+        tl.store(LSE_PART + part, tl.where(filled, m_i + tl.math.log2(l_safe), float("-inf")), mask=row_ok)
 
 
 @triton.jit
@@ -157,10 +167,15 @@ def plan_splits(rows: int, frames: int, block_n: int, device: torch.device) -> t
 
 
 def cross_attention(q: Tensor, cross_k: Tensor, cross_v: Tensor, slots: Tensor, scale: float | None = None,
-                    num_splits: int | None = None, block_n: int | None = None, block_m: int | None = None) -> Tensor:
+                    num_splits: int | None = None, block_n: int | None = None, block_m: int | None = None,
+                    lens: Tensor | None = None) -> Tensor:
     """Attention of q (batch, heads, T, head_dim) over cross_k / cross_v (num_slots, heads, frames, head_dim) at
-    slot slots[b] (int32 (batch,)) for row b. num_splits=None plans the split from the device's SM count."""
-    check_device(_cross_decode_kernel, q, cross_k, cross_v, slots)
+    slot slots[b] (int32 (batch,)) for row b, over its first lens[b] frames (int32 (batch,), 1 to frames; None: all).
+    num_splits=None plans the split from the device's SM count (over all frames: splits past a row's length are
+    empty programs, so the plan never needs the lengths on the host)."""
+    if lens is None:
+        lens = torch.full((q.shape[0],), cross_k.shape[2], dtype=torch.int32, device=q.device)
+    check_device(_cross_decode_kernel, q, cross_k, cross_v, slots, lens)
     check_dtype(q)
     batch, heads, new, head_dim = q.shape
     check_head_dim(head_dim)
@@ -186,13 +201,13 @@ def cross_attention(q: Tensor, cross_k: Tensor, cross_v: Tensor, slots: Tensor, 
     common = dict(H=heads, HEAD_DIM=head_dim, NUM_SPLITS=num_splits, BLOCK_N=block_n)
     if decode:
         _cross_decode_kernel[(batch * heads, num_splits)](
-            q, cross_k, cross_v, out, o_part, lse_part, slots, scale * LOG2E, frames, per_split,
+            q, cross_k, cross_v, out, o_part, lse_part, slots, lens, scale * LOG2E, per_split,
             q.stride(0), q.stride(1), q.stride(3), *cross_k.stride(), *cross_v.stride(),
             out.stride(0), out.stride(1), out.stride(3), **common, num_warps=4,
         )
     else:
         _cross_prefill_kernel[(batch * heads, num_splits, m_tiles)](
-            q, cross_k, cross_v, out, o_part, lse_part, slots, scale * LOG2E, frames, new, per_split,
+            q, cross_k, cross_v, out, o_part, lse_part, slots, lens, scale * LOG2E, new, per_split,
             *q.stride(), *cross_k.stride(), *cross_v.stride(), *out.stride(), **common, BLOCK_M=block_m,
             PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2,
         )

@@ -133,15 +133,16 @@ class WhisperEncoder(nn.Module):
         return self.layer_norm(x)
 
     def embed(self, mel: Tensor) -> Tensor:
-        """The convolution stem and positions: (batch, n_mels, 3000) -> (batch, 1500, d_model)."""
+        """The convolution stem and positions: (batch, n_mels, 2n) -> (batch, n, d_model). n is 1500 (30 s) for a
+        full window; a shortened audio context (engine/audio_context.py) passes fewer frames and gets the first n
+        positions, as whisper.cpp's audio_ctx does."""
+        limit = 2 * self.embed_positions.weight.shape[0]
+        if mel.shape[-1] > limit or mel.shape[-1] % 2:
+            raise ValueError(f"encoder takes an even number of mel frames up to {limit} (30 s), got {mel.shape[-1]}; "
+                             "pad features with pad_or_trim_frames")
         x = F.gelu(self.conv1(mel))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
-        if x.shape[1] != self.embed_positions.weight.shape[0]:
-            raise ValueError(
-                f"encoder expects {2 * self.embed_positions.weight.shape[0]} mel frames (30 s), "
-                f"got {mel.shape[-1]}; pad features with pad_or_trim_frames"
-            )
-        return x + self.embed_positions.weight
+        return x + self.embed_positions.weight[:x.shape[1]]
 
 
 class WhisperDecoder(nn.Module):
@@ -174,7 +175,8 @@ class WhisperModel(nn.Module, SupportsTranscription):
 
     # --- the three steps the engine schedules --------------------------------------------------------
     def encode(self, mel: Tensor, attention: EncoderAttention | None = None) -> Tensor:
-        """(batch, n_mels, 3000) log-mel -> (batch, 1500, d_model) encoder states; `attention` runs the encoder's
+        """(batch, n_mels, 3000) log-mel -> (batch, 1500, d_model) encoder states (fewer frames: a shortened context,
+        see WhisperEncoder.embed); `attention` runs the encoder's
         self-attention (default SDPA), passed per call so concurrent callers never share a swapped-in kernel."""
         return self.encoder(mel.to(self.dtype), attention or F.scaled_dot_product_attention)
 
