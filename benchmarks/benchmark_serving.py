@@ -212,9 +212,8 @@ def load_clips(paths: list[Path]) -> list[Clip]:
 
 
 def engine_flags(args: argparse.Namespace) -> list[str]:
-    """Our engine's flags for every launch of it; --max-num-seqs follows --concurrency."""
+    """Our engine's flags for every launch of it (the server's own defaults unless given)."""
     engine_args = EngineArgs.from_cli_args(args)
-    engine_args.max_num_seqs = max(args.concurrency, 1)
     return engine_args.to_cli_args()
 
 
@@ -325,8 +324,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", default=None, help="benchmark this running server instead of launching ours "
                         "and the peer")
-    # Our server's engine flags; --max-num-seqs follows --concurrency, --model also names the peer's weights.
-    EngineArgs.add_cli_args(parser, only=set(EngineArgs.field_names()) - {"max_num_seqs"})
+    # Our server's engine flags (its defaults unless given); --model also names the peer's weights.
+    EngineArgs.add_cli_args(parser)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--request-rate", type=float, default=None, help="open loop at this many requests/s")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds during which requests are sent")

@@ -149,7 +149,7 @@ def test_startup_line_names_device_caches_and_address(server):
     [line] = [line for line in server.lines() if "Engine 000: ready:" in line]
     fields = dict(re.findall(r"(\w+)=(\S+)", line))
     assert fields["device"] == "cpu" and fields["dtype"] == "float32" and fields["quantization"] == "none"
-    assert fields["attention"] == "torch" and fields["cuda_graphs"] == "off" and fields["max_num_seqs"] == "64"
+    assert fields["attention"] == "torch" and fields["cuda_graphs"] == "off" and fields["max_num_seqs"] == "32"  # CPU default
     assert fields["models"] == "tiny.en,whisper-1" and fields["listening"] == f"http://127.0.0.1:{server.port}"
     blocks, block_gib = re.search(r"kv_cache=(\d+) blocks \(([\d.]+) GiB\)", line).groups()
     slots, slot_gib = re.search(r"cross_slots=(\d+) \(([\d.]+) GiB\)", line).groups()

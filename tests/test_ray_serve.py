@@ -73,7 +73,7 @@ def parse(*flags: str) -> argparse.Namespace:
 
 def test_replica_plan_from_flags():
     plan = replica_plan(parse("--ray", "--num-replicas", "3"), cluster_has_gpus=False)
-    assert plan == ReplicaPlan(num_replicas=3, autoscaling_config=None, max_ongoing_requests=64 + 256, num_cpus=1.0,
+    assert plan == ReplicaPlan(num_replicas=3, autoscaling_config=None, max_ongoing_requests=32 + 256, num_cpus=1.0,
                                num_gpus=0.0, graceful_shutdown_timeout_s=30.0)
     options = plan.deployment_options()
     assert options["num_replicas"] == 3 and "autoscaling_config" not in options

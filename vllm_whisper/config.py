@@ -7,6 +7,15 @@ from dataclasses import dataclass
 DECODER_CONTEXT = 448  # Whisper's decoder positions (max_target_positions of every released checkpoint)
 MIN_MODEL_LEN = 16
 REFERENCE_MAX_NEW_TOKENS = 224  # the reference samples at most half the context per window
+# Running window decodes by default. On the CPU the encoder takes most of every step, so 64 windows in one batch
+# stretch each one's latency (processor sharing); 32 keeps 64 streams' p99 under a sequential server's at nearly the
+# same requests/s (README, Performance: benchmark_serving.py --concurrency 64, 2026-12-04).
+DEFAULT_MAX_NUM_SEQS = {"cuda": 64, "cpu": 32}
+
+
+def default_max_num_seqs(device: str) -> int:
+    """The default of max_num_seqs (running window decodes) on a device: cpu, cuda or cuda:N."""
+    return DEFAULT_MAX_NUM_SEQS["cuda" if str(device).startswith("cuda") else "cpu"]
 
 
 @dataclass(frozen=True)

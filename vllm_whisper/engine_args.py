@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
-from vllm_whisper.config import DECODER_CONTEXT, MIN_MODEL_LEN, EngineConfig
+from vllm_whisper.config import DECODER_CONTEXT, MIN_MODEL_LEN, EngineConfig, default_max_num_seqs
 
 if TYPE_CHECKING:
     from vllm_whisper.engine.llm_engine import LLMEngine
@@ -46,7 +46,9 @@ class EngineArgs:
         "on CPUs with VNNI/AMX)"))
     device: str | None = field(default=None, metadata=_help(
         "cpu or cuda (default: cuda when present, else cpu)"))
-    max_num_seqs: int = field(default=64, metadata=_help("most window decodes running at once"))
+    max_num_seqs: int | None = field(default=None, metadata=_help(
+        "most window decodes running at once (default: 64 on CUDA; 32 on the CPU, where a smaller batch keeps the "
+        "serving tail under a sequential server's at nearly the same throughput)"))
     max_num_batched_tokens: int = field(default=8192, metadata=_help(
         "most decoder tokens fed in one engine step (prompts count in full, decodes one each)"))
     max_model_len: int = field(default=DECODER_CONTEXT, metadata=_help(
@@ -160,13 +162,18 @@ class EngineArgs:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     @property
+    def resolved_max_num_seqs(self) -> int:
+        """--max-num-seqs, or the default for the device the engine runs on."""
+        return self.max_num_seqs if self.max_num_seqs is not None else default_max_num_seqs(self.resolved_device)
+
+    @property
     def served_names(self) -> list[str]:
         """The names the server answers to."""
         return list(self.served_model_name) if self.served_model_name else [self.model, "whisper-1"]
 
     def create_engine_config(self) -> EngineConfig:
         return EngineConfig(
-            max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
+            max_num_seqs=self.resolved_max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
             max_model_len=self.max_model_len, max_encoder_windows_per_step=self.max_encoder_windows_per_step,
             encoder_layers_per_step=self.encoder_layers_per_step,
             block_size=self.block_size, kv_cache_space_gib=self.kv_cache_space,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from vllm_whisper.config import default_max_num_seqs
+
 APP_NAME = "vllm-whisper"
 DEPLOYMENT_NAME = "WhisperServer"
 RAY_ONLY_FLAGS = ("ray_address", "num_replicas", "min_replicas", "max_replicas", "target_ongoing_requests",
@@ -75,7 +77,13 @@ def replica_plan(args: argparse.Namespace, cluster_has_gpus: bool) -> ReplicaPla
     autoscaling = args.min_replicas is not None or args.max_replicas is not None
     if autoscaling and args.num_replicas is not None:
         raise ValueError("give either --num-replicas N or --min-replicas A --max-replicas B, not both")
-    max_num_seqs = args.max_num_seqs or 64
+    gpus = args.num_gpus_per_replica
+    if gpus is None:
+        device = (args.device or "").split(":")[0]
+        gpus = 1.0 if device == "cuda" or (not device and cluster_has_gpus) else 0.0
+    if gpus > 0 and (args.device or "cuda").startswith("cpu"):
+        raise ValueError("--num-gpus-per-replica > 0 with --device cpu reserves GPUs the replicas never use")
+    max_num_seqs = args.max_num_seqs or default_max_num_seqs("cuda" if gpus > 0 else "cpu")  # the replicas' engine
     config = None
     if autoscaling:
         low = args.min_replicas if args.min_replicas is not None else 1
@@ -93,12 +101,6 @@ def replica_plan(args: argparse.Namespace, cluster_has_gpus: bool) -> ReplicaPla
     cpus = args.num_cpus_per_replica if args.num_cpus_per_replica is not None else 1.0
     if cpus <= 0:
         raise ValueError(f"--num-cpus-per-replica must be positive, got {cpus}")
-    gpus = args.num_gpus_per_replica
-    if gpus is None:
-        device = (args.device or "").split(":")[0]
-        gpus = 1.0 if device == "cuda" or (not device and cluster_has_gpus) else 0.0
-    if gpus > 0 and (args.device or "cuda").startswith("cpu"):
-        raise ValueError("--num-gpus-per-replica > 0 with --device cpu reserves GPUs the replicas never use")
     return ReplicaPlan(
         num_replicas=None if autoscaling else count,
         autoscaling_config=config,
