@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 FRAMES_PER_SECOND = 50  # encoder frames per second of audio (20 ms each; mel frames are twice as many)
@@ -39,8 +40,8 @@ def cap_timestamps(logits: Tensor, caps: list[int | None], timestamp_begin: int)
     Whisper's rules, as if the model gave those tokens no probability."""
     if all(cap is None for cap in caps):
         return logits
-    capped = logits.clone()
-    for row, cap in enumerate(caps):
-        if cap is not None:
-            capped[row, timestamp_begin + cap + 1:] = float("-inf")
-    return capped
+    vocab = logits.shape[-1]
+    first_masked = torch.tensor([vocab if cap is None else timestamp_begin + cap + 1 for cap in caps],
+                                device=logits.device)
+    columns = torch.arange(vocab, device=logits.device)
+    return logits.masked_fill(columns[None, :] >= first_masked[:, None], float("-inf"))
