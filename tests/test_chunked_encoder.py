@@ -5,7 +5,6 @@ contained."""
 from __future__ import annotations
 
 import dataclasses
-import random
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from vllm_whisper.testing.engine_runs import (
 from vllm_whisper.testing.faults import failing_encoder
 
 from conftest import small_random_config
-from test_engine import oracle, random_params
+from test_engine import random_workload
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +76,7 @@ def test_at_most_n_layers_per_step_and_running_requests_keep_decoding(tiny_en):
 
 def test_random_aborts_while_windows_encode_leak_nothing(three_layer_random):
     loaded = three_layer_random
-    rng = random.Random(11)
-    torch.manual_seed(11)
-    windows = [torch.randn(80, 3000) for _ in range(4)]
-    specs = [random_params(loaded, rng) for _ in range(6)]
-    reference = {(w, s): oracle(loaded, windows[w], *specs[s]).tokens
-                 for w in range(len(windows)) for s in range(len(specs))}
+    rng, windows, specs, reference = random_workload(loaded, seed=11, num_windows=4, num_specs=6)
     engine = chunked(loaded, 1, num_kv_blocks=40, num_cross_slots=5, block_size=4, max_num_seqs=12,
                      max_encoder_windows_per_step=2)
     checked, aborted = run_with_random_aborts(engine, windows, specs, reference, 120, rng, max_arrivals=6)

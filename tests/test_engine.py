@@ -86,13 +86,20 @@ def test_preemption_recomputes_without_reencoding(small_random):
     assert engine.stats.encoder_runs == 8 and engine.stats.cross_kv_projections == 8
 
 
-def test_thousand_requests_with_random_aborts_leak_nothing(small_random):
-    rng = random.Random(7)
-    torch.manual_seed(7)
-    windows = [torch.randn(80, 3000) for _ in range(5)]
-    specs = [random_params(small_random, rng) for _ in range(8)]
-    reference = {(w, s): oracle(small_random, windows[w], *specs[s]).tokens
+def random_workload(loaded, seed: int, num_windows: int, num_specs: int):
+    """Random windows and (prompt, params) specs, the oracle's tokens for every pair, and the seeded rng that
+    drives the run (arrivals, aborts)."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    windows = [torch.randn(80, 3000) for _ in range(num_windows)]
+    specs = [random_params(loaded, rng) for _ in range(num_specs)]
+    reference = {(w, s): oracle(loaded, windows[w], *specs[s]).tokens
                  for w in range(len(windows)) for s in range(len(specs))}
+    return rng, windows, specs, reference
+
+
+def test_thousand_requests_with_random_aborts_leak_nothing(small_random):
+    rng, windows, specs, reference = random_workload(small_random, seed=7, num_windows=5, num_specs=8)
     engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=40, num_cross_slots=6, block_size=4,
                                                   max_num_seqs=16))
     checked, aborted = run_with_random_aborts(engine, windows, specs, reference, 1000, rng, max_arrivals=12)
