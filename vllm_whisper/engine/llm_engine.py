@@ -29,6 +29,7 @@ from vllm_whisper.engine.penalties import apply_penalties
 from vllm_whisper.engine.model_runner import ModelRunner
 from vllm_whisper.engine.beam_search import beam_update, finalize
 from vllm_whisper.engine.chunked_encoder import ChunkedEncoder
+from vllm_whisper.engine.cpu_allocator import tune_cpu_allocator
 from vllm_whisper.engine.iteration_stats import IterationStats
 from vllm_whisper.engine.request import Request, RequestOutput, RequestStatus, Sequence
 from vllm_whisper.engine.sampler import SamplerOutput, SamplingParams, sample
@@ -81,6 +82,8 @@ class LLMEngine:
         self.loaded = loaded
         self.config = config or EngineConfig()
         model = loaded.model
+        if model.device.type == "cpu":
+            tune_cpu_allocator()
         num_blocks, num_slots = self._pool_sizes()
         self.block_pool = BlockPool(num_blocks)
         self.slot_pool = SlotPool(num_slots)

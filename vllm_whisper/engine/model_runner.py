@@ -20,6 +20,7 @@ from vllm_whisper.engine.alignment import AlignmentOutput, AlignmentRequest
 from vllm_whisper.engine.alignment_pass import AlignmentRow, alignment_heads, run_alignment_pass
 from vllm_whisper.engine.audio_context import encoder_frames
 from vllm_whisper.engine.chunked_encoder import EncodingBatch
+from vllm_whisper.engine.encoder_batching import encoder_windows_per_call, micro_batches
 from vllm_whisper.engine.request import Request, Sequence
 from vllm_whisper.model_executor.whisper import CrossKV, WhisperModel
 
@@ -68,8 +69,9 @@ class ModelRunner:
         for request in requests:
             groups.setdefault(self.frames_for(request), []).append(request)
         for frames, group in groups.items():
-            features = torch.stack([r.features[:, :2 * frames] for r in group]).to(self.model.device)
-            self._store_cross_kv(self.model.encode(features, attention=self.backend.encoder), group)
+            for part in micro_batches(group, encoder_windows_per_call(self.model.device, frames)):
+                features = torch.stack([r.features[:, :2 * frames] for r in part]).to(self.model.device)
+                self._store_cross_kv(self.model.encode(features, attention=self.backend.encoder), part)
 
     @torch.inference_mode()
     def encode_chunk(self, batch: EncodingBatch, stop: int) -> bool:
@@ -82,11 +84,15 @@ class ModelRunner:
                 batch.hidden = batch.hidden[keep]
         if not batch.requests:
             return True
-        mel = None
-        if batch.hidden is None:
-            frames = self.frames_for(batch.requests[0])  # the engine batches windows of one length
-            mel = torch.stack([r.features[:, :2 * frames] for r in batch.requests]).to(self.model.device)
-        batch.hidden = self.model.encode_layers(batch.hidden, mel, batch.next_layer, stop, self.backend.encoder)
+        frames = self.frames_for(batch.requests[0])  # the engine batches windows of one length
+        hidden = []
+        for rows in micro_batches(range(len(batch.requests)), encoder_windows_per_call(self.model.device, frames)):
+            mel = None
+            if batch.hidden is None:
+                mel = torch.stack([batch.requests[i].features[:, :2 * frames] for i in rows]).to(self.model.device)
+            part = None if batch.hidden is None else batch.hidden[rows.start:rows.stop]
+            hidden.append(self.model.encode_layers(part, mel, batch.next_layer, stop, self.backend.encoder))
+        batch.hidden = hidden[0] if len(hidden) == 1 else torch.cat(hidden)
         batch.next_layer = stop
         if stop < len(self.model.encoder.layers):
             return False
@@ -94,7 +100,13 @@ class ModelRunner:
         return True
 
     def _store_cross_kv(self, encoder_out: Tensor, requests: list[Request | AlignmentRequest]) -> None:
-        """Project the encoder states to every layer's cross K/V, written straight into the windows' slots."""
+        """Project the encoder states to every layer's cross K/V, written straight into the windows' slots (on the
+        CPU a window at a time, as the encoder runs: engine/encoder_batching.py)."""
+        size = encoder_windows_per_call(self.model.device, encoder_out.shape[1])
+        if size is not None and size < len(requests):
+            for rows in micro_batches(range(len(requests)), size):
+                self._store_cross_kv(encoder_out[rows.start:rows.stop], requests[rows.start:rows.stop])
+            return
         cross_kv = self.model.compute_cross_kv(encoder_out)
         slots = torch.tensor([r.cross_slot for r in requests], device=self.model.device)
         frames = encoder_out.shape[1]
