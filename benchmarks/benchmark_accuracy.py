@@ -163,12 +163,15 @@ def make_clips(folder: Path, sentences: int, variants: Sequence[str], snr_db: fl
 class Ours:
     """vllm-whisper's offline LLM API; clips go to the engine in batches (windows share steps)."""
 
-    def __init__(self, engine_args: EngineArgs, batch_size: int = 16):
+    def __init__(self, engine_args: EngineArgs, batch_size: int = 16, compared: bool = False):
         from vllm_whisper import LLM
 
         self.name, self.llm, self.batch_size = "vllm-whisper", LLM(engine_args=engine_args), batch_size
-        if engine_args.audio_context != "full":
-            self.name += f" (audio-context {engine_args.audio_context})"
+        if compared:  # a second configuration in the same run: name what it resolved to
+            model = self.llm.engine.loaded.model
+            precision = model.quantization or str(model.dtype).removeprefix("torch.")
+            kv = str(self.llm.engine.cross_cache_dtype).removeprefix("torch.")
+            self.name += f" ({precision}, {kv} cross K/V, audio-context {engine_args.audio_context})"
 
     def transcribe(self, audios: list[np.ndarray], word_timestamps: bool = False) -> list[Transcript]:
         from vllm_whisper import TranscriptionParams
@@ -292,7 +295,12 @@ def build_systems(args: argparse.Namespace, folder: Path) -> list[System]:
     systems: list[System] = [Ours(EngineArgs.from_cli_args(args))]
     if args.compare_audio_context:
         compared = dataclasses.replace(EngineArgs.from_cli_args(args), audio_context=args.compare_audio_context)
-        systems.append(Ours(compared))
+        systems.append(Ours(compared, compared=True))
+    for kv_dtype in filter(None, (args.compare_kv_cache_dtype or "").split(",")):
+        compared = dataclasses.replace(EngineArgs.from_cli_args(args), kv_cache_dtype=kv_dtype.strip())
+        systems.append(Ours(compared, compared=True))
+    if args.compare_defaults:
+        systems.append(Ours(EngineArgs(model=args.model), compared=True))
     if not args.skip_transformers:
         systems.append(Transformers(args.model, folder))
     if not args.skip_faster_whisper:
@@ -394,6 +402,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--compare-audio-context", choices=("auto",), default=None,
                         help="also score our engine with this --audio-context, in the same invocation")
+    parser.add_argument("--compare-kv-cache-dtype", default=None, metavar="DTYPES",
+                        help="also score our engine with each of these comma-separated --kv-cache-dtype values")
+    parser.add_argument("--compare-defaults", action="store_true",
+                        help="also score our engine as a user gets it with no flags (--dtype auto and every default)")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--skip-faster-whisper", action="store_true")
     parser.add_argument("--skip-whisper-cpp", action="store_true")

@@ -28,6 +28,11 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_int8_cpu(const at::Tensor& x);
 at::Tensor dequantize_int8_rows_cpu(const at::Tensor& acc, const at::Tensor& row_scales, const at::Tensor& col_scales,
                                     const std::optional<at::Tensor>& bias);
 
+// Cross attention of q (batch, heads, tokens, head_dim) float32 over each row's slot of the cross caches
+// (num_slots, heads, frames, head_dim; float32 or bfloat16), its first lens[b] frames; float32 out, like q.
+at::Tensor cross_attention_cpu(const at::Tensor& q, const at::Tensor& key_cache, const at::Tensor& value_cache,
+                               const at::Tensor& slots, const at::Tensor& lens, double scale);
+
 #ifdef VLLM_WHISPER_CUDA
 void reshape_and_cache_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
                             at::Tensor& value_cache, const at::Tensor& slot_mapping);

@@ -18,6 +18,9 @@ TORCH_LIBRARY(vllm_whisper, m) {
       "Tensor row_config, Tensor suppress_tokens, Tensor begin_suppress_tokens) -> ()");
   m.def("quantize_rows_int8(Tensor x) -> (Tensor, Tensor)");
   m.def("dequantize_int8_rows(Tensor acc, Tensor row_scales, Tensor col_scales, Tensor? bias) -> Tensor");
+  m.def(
+      "cross_attention(Tensor q, Tensor key_cache, Tensor value_cache, Tensor slots, Tensor lens, float scale) -> "
+      "Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vllm_whisper, CPU, m) {
@@ -26,6 +29,7 @@ TORCH_LIBRARY_IMPL(vllm_whisper, CPU, m) {
   m.impl("apply_whisper_logits_rules", &vllm_whisper::apply_whisper_logits_rules_cpu);
   m.impl("quantize_rows_int8", &vllm_whisper::quantize_rows_int8_cpu);
   m.impl("dequantize_int8_rows", &vllm_whisper::dequantize_int8_rows_cpu);
+  m.impl("cross_attention", &vllm_whisper::cross_attention_cpu);
 }
 
 #ifdef VLLM_WHISPER_CUDA

@@ -47,7 +47,7 @@ def text_params(loaded, text: str, num_frames: int = 2400) -> AlignmentParams:
 
 
 def test_alignment_reads_the_retained_slot_without_encoding_again(small_random):
-    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=64, num_cross_slots=4))
+    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=64, num_cross_slots=4, kv_cache_dtype="float32"))
     [features] = windows(small_random, 1)
     rules = build_rules(small_random, TranscriptionParams())
     engine.add_request("decode", features, align_prompt(small_random)[:1], SamplingParams(rules, max_new_tokens=3),
@@ -70,7 +70,7 @@ def test_alignment_reads_the_retained_slot_without_encoding_again(small_random):
 
 def test_a_steps_alignment_passes_run_together_padded(small_random):
     """Three texts of different lengths over two windows: one step, one encoder run per window."""
-    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=64, num_cross_slots=4))
+    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=64, num_cross_slots=4, kv_cache_dtype="float32"))
     features = windows(small_random, 2)
     texts = [" Hi.", " The birch canoe slid on the smooth planks.", " Glue the sheet to the dark blue background."]
     params = [text_params(small_random, text, frames) for text, frames in zip(texts, (300, 3000, 1500))]
@@ -91,7 +91,7 @@ def test_a_steps_alignment_passes_run_together_padded(small_random):
 
 
 def test_alignment_requests_are_validated_and_aborted_cleanly(small_random):
-    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=64, num_cross_slots=4))
+    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=64, num_cross_slots=4, kv_cache_dtype="float32"))
     [features] = windows(small_random, 1)
     prompt, tok = align_prompt(small_random), small_random.tokenizer
     with pytest.raises(ValueError, match="text tokens"):
@@ -142,7 +142,7 @@ def test_async_engine_aligns_and_exposes_the_model(small_random):
 
 
 def test_alignment_passes_are_a_prometheus_counter(small_random):
-    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=64, num_cross_slots=4))
+    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=64, num_cross_slots=4, kv_cache_dtype="float32"))
     metrics = ServerMetrics.create("whisper-1")
     for passes in (2, 2, 5):
         metrics.update_engine(replace(engine.stats, alignment_passes=passes))

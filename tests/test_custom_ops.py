@@ -412,6 +412,52 @@ def test_int8_ops_reject_wrong_inputs():
         torch.ops.vllm_whisper.dequantize_int8_rows(acc, torch.ones(3, 1), torch.ones(3), None)
 
 
+# --- cross attention (CPU) ---------------------------------------------------------------------------------------
+
+@needs_c
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_cross_attention_matches_reference(cache_dtype, tokens):
+    """Rows over shuffled slots of different lengths, decode (1 token) and prompt (5): the kernel equals the
+    float32 reference over the same cache values; frames past a row's length hold NaN, so reading one would show."""
+    from vllm_whisper.kernels.cross_attention import cross_attention_reference
+
+    gen = torch.Generator().manual_seed(1)
+    slots_n, heads, frames, dim = 5, 3, 70, 64
+    cross_k = torch.randn(slots_n, heads, frames, dim, generator=gen).to(cache_dtype)
+    cross_v = torch.randn(slots_n, heads, frames, dim, generator=gen).to(cache_dtype)
+    slots, lens = [4, 0, 2, 1], [70, 9, 33, 1]
+    for slot, n in zip(slots, lens):
+        cross_k[slot, :, n:] = cross_v[slot, :, n:] = float("nan")
+    q = torch.randn(4, heads, tokens, dim, generator=gen)
+    out = ops.cross_attention(q, cross_k, cross_v, slots, lens)
+    assert out.dtype == torch.float32 and out.shape == q.shape
+    for b, (slot, n) in enumerate(zip(slots, lens)):
+        want = cross_attention_reference(q[b:b + 1], cross_k[:, :, :n].float(), cross_v[:, :, :n].float(),
+                                         torch.tensor([slot]))
+        torch.testing.assert_close(out[b:b + 1], want, rtol=1e-5, atol=1e-5)
+    fallback = ops.cross_attention_torch(q, cross_k, cross_v, slots, lens, dim ** -0.5)
+    torch.testing.assert_close(out, fallback, rtol=1e-5, atol=1e-5)
+
+
+@needs_c
+def test_cross_attention_rejects_bad_arguments():
+    q = torch.zeros(2, 3, 1, 8)
+    cache = torch.zeros(4, 3, 10, 8)
+    op = torch.ops.vllm_whisper.cross_attention
+    slots, lens = torch.tensor([0, 1]), torch.tensor([10, 10])
+    with pytest.raises(RuntimeError, match="slot 4 of row 1 is out of range"):
+        op(q, cache, cache, torch.tensor([0, 4]), lens, 1.0)
+    with pytest.raises(RuntimeError, match="reads 0 frames"):
+        op(q, cache, cache, slots, torch.tensor([10, 0]), 1.0)
+    with pytest.raises(RuntimeError, match="float32 or both bfloat16"):
+        op(q, cache.half(), cache.half(), slots, lens, 1.0)
+    with pytest.raises(RuntimeError, match="do not fit queries"):
+        op(torch.zeros(2, 2, 1, 8), cache, cache, slots, lens, 1.0)
+    with pytest.raises(RuntimeError, match="q must be float32"):
+        op(q.bfloat16(), cache, cache, slots, lens, 1.0)
+
+
 # --- fake implementations (torch.compile) --------------------------------------------------------------------------
 
 @needs_c
@@ -433,6 +479,10 @@ def test_opcheck():
     for bias in (None, torch.randn(6, generator=gen)):
         torch.library.opcheck(torch.ops.vllm_whisper.dequantize_int8_rows.default,
                               (acc, torch.rand(4, 1, generator=gen), torch.rand(6, generator=gen), bias))
+    cross = torch.randn(3, 2, 30, 8, generator=gen).bfloat16()
+    torch.library.opcheck(torch.ops.vllm_whisper.cross_attention.default,
+                          (torch.randn(2, 2, 1, 8, generator=gen), cross, cross.clone(), torch.tensor([2, 0]),
+                           torch.tensor([30, 7]), 0.35))
 
 
 @needs_c

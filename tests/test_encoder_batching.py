@@ -32,7 +32,7 @@ def test_cpu_encodes_one_window_per_forward_with_the_batched_result(small_random
     model = small_random.model
     gen = torch.Generator().manual_seed(5)
     features = [torch.randn(80, 3000, generator=gen) for _ in range(3)]
-    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=32, num_cross_slots=4,
+    engine = LLMEngine(small_random, EngineConfig(num_kv_blocks=32, num_cross_slots=4, kv_cache_dtype="float32",
                                                   encoder_layers_per_step=layers_per_step))
     params = SamplingParams(build_rules(small_random, TranscriptionParams(timestamps=False)), max_new_tokens=4)
     prompt = small_random.tokenizer.sot_sequence("en", "transcribe", timestamps=False)
@@ -69,6 +69,7 @@ def test_allocator_tuning_respects_the_users_settings(environ, reason):
 
 def test_allocator_tuning_applies_once_on_glibc(monkeypatch):
     monkeypatch.setattr(cpu_allocator, "_applied", False)
+    monkeypatch.setattr(cpu_allocator, "_left_alone_because", None)
     assert cpu_allocator.tune_cpu_allocator({"VLLM_WHISPER_KEEP_MALLOC": "1"}) is False
     calls = []
     real = cpu_allocator._glibc_mallopt()
@@ -78,3 +79,15 @@ def test_allocator_tuning_applies_once_on_glibc(monkeypatch):
     assert cpu_allocator.tune_cpu_allocator({}) is True
     assert calls == [(cpu_allocator.M_MMAP_THRESHOLD, 32 * 2**20), (cpu_allocator.M_TRIM_THRESHOLD, 2**30)]
     assert cpu_allocator.tune_cpu_allocator({}) is True and len(calls) == 2  # once per process
+
+
+def test_a_server_whose_models_unload_keeps_its_own_threshold(monkeypatch):
+    """map_large_blocks_separately (multi-model servers with a TTL or budget) wins over the engines' tuning."""
+    from vllm_whisper.entrypoints import memory_release
+
+    monkeypatch.setattr(cpu_allocator, "_applied", False)
+    monkeypatch.setattr(cpu_allocator, "_left_alone_because", None)
+    monkeypatch.setattr(memory_release, "_libc", lambda: None)  # leave this test process's malloc as it is
+    memory_release.map_large_blocks_separately()
+    assert cpu_allocator.tune_cpu_allocator({}) is False
+    assert "models may unload" in cpu_allocator.allocator_tuning_skipped({})

@@ -267,7 +267,8 @@ def test_two_concurrent_clips_with_one_sequence_both_succeed(server, english_cli
 
 def test_three_concurrent_clips_with_one_cross_attention_slot(english_clips):
     clips = english_clips[2:5]
-    with serve_in_thread("--model", "tiny.en", "--dtype", "float32", "--kv-cache-space", "0.03") as running:
+    with serve_in_thread("--model", "tiny.en", "--dtype", "float32", "--kv-cache-dtype", "float32",
+                         "--kv-cache-space", "0.03") as running:
         assert running.state.engine.stats.num_cross_slots == 1
         with ThreadPoolExecutor(3) as pool:
             responses = list(pool.map(lambda c: transcribe(running, c.path.read_bytes()), clips))

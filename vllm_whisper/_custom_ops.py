@@ -13,6 +13,8 @@ Ops:
   apply_whisper_logits_rules / apply_whisper_logits_rules_
                            Whisper's logits rules for a batch (suppress blank, suppress tokens, the timestamp
                            rules, the logsumexp rule) in one call, with no host sync
+  cross_attention          decoder queries over each row's cross-attention slot (CPU; float32 or bfloat16 cache,
+                           float32 math)
   quantize_rows_int8 / dequantize_int8_rows
                            --quantization int8 on the CPU: a float32 matrix as int8 with one scale per row, and an
                            int32 product back to float32 (row scale x column scale + bias), each in one pass
@@ -227,3 +229,45 @@ if HAS_C_EXTENSION:
     def _dequantize_int8_rows_fake(acc, row_scales, col_scales, bias):
         torch._check(acc.dim() == 2)
         return acc.new_empty(acc.shape, dtype=torch.float32)
+
+    if hasattr(torch.ops.vllm_whisper, "cross_attention"):  # an extension built before the op lacks it
+        @torch.library.register_fake("vllm_whisper::cross_attention")
+        def _cross_attention_fake(q, key_cache, value_cache, slots, lens, scale):
+            torch._check(q.dim() == 4 and key_cache.dim() == 4 and slots.dim() == 1 and lens.dim() == 1)
+            return q.new_empty(q.shape)
+
+
+# --- cross attention (CPU) --------------------------------------------------------------------------------------
+
+def has_cpu_cross_attention() -> bool:
+    """Whether the compiled CPU cross-attention kernel is loaded (a bfloat16 cache is only a win with it)."""
+    return HAS_C_EXTENSION and hasattr(torch.ops.vllm_whisper, "cross_attention")
+
+
+def cross_attention(q: Tensor, key_cache: Tensor, value_cache: Tensor, slots: Sequence[int], lens: Sequence[int],
+                    scale: float | None = None) -> Tensor:
+    """Row b of q (batch, heads, tokens, head_dim) attends over slot slots[b] of the cross caches (num_slots, heads,
+    frames, head_dim), its first lens[b] frames; the result has q's dtype.
+
+    The C++ kernel runs for float32 queries on the CPU over float32 or bfloat16 caches (bfloat16 widened to float32
+    as it is read); anything else runs one SDPA call per row over the cache converted to q's dtype.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if (q.device.type == "cpu" and q.dtype == torch.float32 and key_cache.dtype in (torch.float32, torch.bfloat16)
+            and key_cache.is_contiguous() and value_cache.is_contiguous() and has_cpu_cross_attention()):
+        slot_t = torch.tensor(list(slots), dtype=torch.long)
+        len_t = torch.tensor(list(lens), dtype=torch.long)
+        return torch.ops.vllm_whisper.cross_attention(q, key_cache, value_cache, slot_t, len_t, float(scale))
+    return cross_attention_torch(q, key_cache, value_cache, slots, lens, scale)
+
+
+def cross_attention_torch(q: Tensor, key_cache: Tensor, value_cache: Tensor, slots: Sequence[int],
+                          lens: Sequence[int], scale: float) -> Tensor:
+    """The torch path of cross_attention: one SDPA call per row."""
+    import torch.nn.functional as F
+
+    return torch.cat([
+        F.scaled_dot_product_attention(q[b:b + 1], key_cache[s:s + 1, :, :n].to(q.dtype),
+                                       value_cache[s:s + 1, :, :n].to(q.dtype), scale=scale)
+        for b, (s, n) in enumerate(zip(slots, lens))
+    ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")
 DECODER_CONTEXT = 448  # Whisper's decoder positions (max_target_positions of every released checkpoint)
 MIN_MODEL_LEN = 16
 REFERENCE_MAX_NEW_TOKENS = 224  # the reference samples at most half the context per window
@@ -39,6 +40,9 @@ class EngineConfig:
         batch-size bucket up to max_num_seqs; capture takes seconds and some GPU memory at start-up).
     audio_context: "full" encodes every window over 1500 encoder frames (30 s); "auto" encodes a window holding
         less audio over only the frames it needs (engine/audio_context.py), trading some accuracy for speed.
+    kv_cache_dtype: what the cross-attention slots store (engine/cache_dtype.py; self-attention blocks keep the
+        model's dtype): "auto" (bfloat16 on the CPU, where a decode step is bound by reading the cross K/V; the
+        model's dtype on a GPU), "float32" or "bfloat16".
     """
 
     max_num_seqs: int = 64
@@ -54,6 +58,7 @@ class EngineConfig:
     enforce_eager: bool = False
     max_model_len: int = DECODER_CONTEXT
     audio_context: str = "full"
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         positive = ("max_num_seqs", "max_num_batched_tokens", "max_encoder_windows_per_step", "block_size",
@@ -77,6 +82,9 @@ class EngineConfig:
                              f"got {self.attention_backend!r}")
         if self.audio_context not in ("full", "auto"):
             raise ValueError(f"audio_context must be full or auto, got {self.audio_context!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                             f"got {self.kv_cache_dtype!r}")
 
     @property
     def default_max_new_tokens(self) -> int:

@@ -11,7 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
-from vllm_whisper.config import DECODER_CONTEXT, MIN_MODEL_LEN, EngineConfig, default_max_num_seqs
+from vllm_whisper.config import (
+    DECODER_CONTEXT, KV_CACHE_DTYPES, MIN_MODEL_LEN, EngineConfig, default_max_num_seqs,
+)
 
 if TYPE_CHECKING:
     from vllm_whisper.engine.llm_engine import LLMEngine
@@ -78,6 +80,10 @@ class EngineArgs:
         "encoder frames per window: full (every window 30 s, 1500 frames) or auto (a window holding less audio is "
         "encoded over only the frames it needs plus 1 s, in 128-frame buckets of at least 1024 (20.5 s): faster "
         "on short clips, at the accuracy benchmarks/README.md measures)"))
+    kv_cache_dtype: str = field(default="auto", metadata=_help(
+        "what the cross-attention K/V cache stores (self-attention blocks keep the model's dtype): auto (bfloat16 "
+        "on the CPU, where each decode step is bound by reading every window's cross K/V and a C++ kernel widens "
+        "them to float32 as it reads; the model's dtype on a GPU), float32 or bfloat16"))
 
     def __post_init__(self) -> None:
         self._validate()
@@ -116,6 +122,7 @@ class EngineArgs:
         add("encoder_layers_per_step", "--encoder-layers-per-step", type=int)
         add("enforce_eager", "--enforce-eager", action="store_true")
         add("audio_context", "--audio-context", choices=AUDIO_CONTEXTS)
+        add("kv_cache_dtype", "--kv-cache-dtype", choices=KV_CACHE_DTYPES)
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> "EngineArgs":
@@ -179,7 +186,8 @@ class EngineArgs:
             block_size=self.block_size, kv_cache_space_gib=self.kv_cache_space,
             gpu_memory_utilization=self.gpu_memory_utilization, num_kv_blocks=self.num_kv_blocks,
             num_cross_slots=self.num_cross_slots, attention_backend=self.attention_backend,
-            enforce_eager=self.enforce_eager, audio_context=self.audio_context)
+            enforce_eager=self.enforce_eager, audio_context=self.audio_context,
+            kv_cache_dtype=self.kv_cache_dtype)
 
     def load_model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of model_executor.loader.load_model besides the model name."""
@@ -207,6 +215,7 @@ class EngineArgs:
         _check_choice("quantization", self.quantization, QUANTIZATIONS, allow_none=True)
         _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS, allow_none=False)
         _check_choice("audio_context", self.audio_context, AUDIO_CONTEXTS, allow_none=False)
+        _check_choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES, allow_none=False)
         if self.device is not None and str(self.device).split(":")[0] not in DEVICE_TYPES:
             raise ValueError(f"device (--device) must be cpu or cuda (or cuda:N), got {self.device!r}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks", "num_cross_slots",

@@ -50,16 +50,19 @@ def slot_bytes(config: WhisperConfig, dtype: torch.dtype) -> int:
 
 
 def allocate_tensors(config: WhisperConfig, num_blocks: int, num_slots: int, block_size: int,
-                     dtype: torch.dtype, device: torch.device) -> KVCacheTensors:
-    """Zeroed caches for every decoder layer: num_blocks self-attention blocks and num_slots cross slots."""
+                     dtype: torch.dtype, device: torch.device,
+                     cross_dtype: torch.dtype | None = None) -> KVCacheTensors:
+    """Zeroed caches for every decoder layer: num_blocks self-attention blocks (dtype) and num_slots cross slots
+    (cross_dtype, default dtype)."""
 
-    def per_layer(shape: tuple[int, ...]) -> list[Tensor]:
-        return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.decoder_layers)]
+    def per_layer(shape: tuple[int, ...], layer_dtype: torch.dtype) -> list[Tensor]:
+        return [torch.zeros(shape, dtype=layer_dtype, device=device) for _ in range(config.decoder_layers)]
 
     self_shape = self_cache_shape(config, num_blocks, block_size)
     cross_shape = cross_cache_shape(config, num_slots)
-    return KVCacheTensors(per_layer(self_shape), per_layer(self_shape), per_layer(cross_shape),
-                          per_layer(cross_shape), block_size)
+    cross_dtype = cross_dtype or dtype
+    return KVCacheTensors(per_layer(self_shape, dtype), per_layer(self_shape, dtype),
+                          per_layer(cross_shape, cross_dtype), per_layer(cross_shape, cross_dtype), block_size)
 
 
 def _itemsize(dtype: torch.dtype) -> int:

@@ -2,7 +2,8 @@
 
 Runs everywhere and is the oracle for the Triton kernels. Self-attention gathers each sequence's keys through
 its block table; cross-attention reads each window's slot in place (no gather copy of 1500 frames), over the
-frames the slot holds (fewer under a shortened audio context).
+frames the slot holds (fewer under a shortened audio context): on the CPU through the C++ kernel
+(csrc/cpu/cross_attention_ops.cpp, which also reads a bfloat16 cache), elsewhere with SDPA.
 """
 
 from __future__ import annotations
@@ -44,14 +45,12 @@ class TorchPagedAttention:
         cross_k, cross_v = self.cache.cross_k[layer], self.cache.cross_v[layer]
         slots = self.meta.cross_slots_list
         lens = self.meta.cross_lens_list or [cross_k.shape[2]] * len(slots)
+        if q.device.type == "cpu" and q.dtype == torch.float32 and ops.has_cpu_cross_attention():
+            # the C++ kernel reads every row's slot in place, float32 math over a float32 or bfloat16 cache
+            return ops.cross_attention(q, cross_k, cross_v, slots, lens)
         first, frames = slots[0], lens[0]
         if slots == list(range(first, first + len(slots))) and lens.count(frames) == len(lens):
             # contiguous slots of one length: one batched call on a view
             k, v = cross_k[first:first + len(slots), :, :frames], cross_v[first:first + len(slots), :, :frames]
             return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
-        outputs = [
-            F.scaled_dot_product_attention(q[b:b + 1], cross_k[s:s + 1, :, :n].to(q.dtype),
-                                           cross_v[s:s + 1, :, :n].to(q.dtype))
-            for b, (s, n) in enumerate(zip(slots, lens))
-        ]
-        return torch.cat(outputs)
+        return ops.cross_attention_torch(q, cross_k, cross_v, slots, lens, q.shape[-1] ** -0.5)

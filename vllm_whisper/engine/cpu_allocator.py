@@ -7,7 +7,8 @@ threshold to 1 GiB lets those buffers be reused from the heap: a tiny.en window'
 to ~165 ms on a 2-core EPYC (README "Performance"). The process keeps its peak heap instead of shrinking after a
 burst. Skipped when the user already tuned malloc (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ /
 GLIBC_TUNABLES), preloads another allocator (LD_PRELOAD of tcmalloc or jemalloc), or sets
-VLLM_WHISPER_KEEP_MALLOC=1, and off glibc.
+VLLM_WHISPER_KEEP_MALLOC=1, off glibc, and in a server whose models may unload (it maps large blocks separately
+instead, so an unloaded model's memory leaves the process: entrypoints/memory_release.py).
 """
 
 from __future__ import annotations
@@ -28,10 +29,19 @@ TRIM_THRESHOLD_BYTES = 2**30
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 OTHER_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 _applied = False
+_left_alone_because: str | None = None
+
+
+def leave_allocator_alone(reason: str) -> None:
+    """Engines created from now on keep malloc's settings (the process manages them itself for `reason`)."""
+    global _left_alone_because
+    _left_alone_because = reason
 
 
 def allocator_tuning_skipped(environ: Mapping[str, str]) -> str | None:
     """Why the tuning is left out under this environment, or None to apply it."""
+    if _left_alone_because is not None:
+        return _left_alone_because
     if environ.get("VLLM_WHISPER_KEEP_MALLOC", "") not in ("", "0"):
         return "VLLM_WHISPER_KEEP_MALLOC is set"
     tuned = [name for name in USER_SETTINGS if name in environ]

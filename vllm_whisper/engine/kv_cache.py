@@ -85,11 +85,12 @@ class SlotPool:
 
 
 def plan_pools(config: WhisperConfig, budget_bytes: int, block_size: int, max_num_seqs: int,
-               dtype: torch.dtype) -> tuple[int, int]:
+               dtype: torch.dtype, cross_dtype: torch.dtype | None = None) -> tuple[int, int]:
     """Split a byte budget into (blocks, slots): each slot is paired with enough blocks for a full decode, and
-    nothing is reserved beyond what max_num_seqs sequences can use."""
+    nothing is reserved beyond what max_num_seqs sequences can use. cross_dtype: the slots' dtype (default dtype)."""
+    cross_dtype = cross_dtype or dtype
     blocks_per_seq = -(-config.max_target_positions // block_size)
-    per_sequence = slot_bytes(config, dtype) + blocks_per_seq * block_bytes(config, block_size, dtype)
+    per_sequence = slot_bytes(config, cross_dtype) + blocks_per_seq * block_bytes(config, block_size, dtype)
     slots = min(max_num_seqs, budget_bytes // per_sequence)
     if slots < 1:
         raise ValueError(
@@ -97,5 +98,5 @@ def plan_pools(config: WhisperConfig, budget_bytes: int, block_size: int, max_nu
             f"({per_sequence / 2**20:.1f} MiB for this model); raise --kv-cache-space or "
             f"--gpu-memory-utilization."
         )
-    blocks = (budget_bytes - slots * slot_bytes(config, dtype)) // block_bytes(config, block_size, dtype)
+    blocks = (budget_bytes - slots * slot_bytes(config, cross_dtype)) // block_bytes(config, block_size, dtype)
     return int(min(blocks, max_num_seqs * blocks_per_seq)), int(slots)

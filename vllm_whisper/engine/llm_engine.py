@@ -24,6 +24,7 @@ from vllm_whisper.attention.selector import get_attention_backend
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.engine.alignment import AlignmentParams, AlignmentRequest
 from vllm_whisper.engine.audio_context import cap_timestamps, last_timestamp_index
+from vllm_whisper.engine.cache_dtype import resolve_kv_cache_dtype
 from vllm_whisper.engine.kv_cache import BlockPool, SlotPool, plan_pools
 from vllm_whisper.engine.penalties import apply_penalties
 from vllm_whisper.engine.model_runner import ModelRunner
@@ -84,12 +85,14 @@ class LLMEngine:
         model = loaded.model
         if model.device.type == "cpu":
             tune_cpu_allocator()
+        backend = get_attention_backend(self.config.attention_backend, model.device, loaded.config.head_dim)
+        self.cross_cache_dtype = resolve_kv_cache_dtype(self.config.kv_cache_dtype, model.dtype, model.device,
+                                                        backend.name)
         num_blocks, num_slots = self._pool_sizes()
         self.block_pool = BlockPool(num_blocks)
         self.slot_pool = SlotPool(num_slots)
         cache = allocate_tensors(loaded.config, num_blocks, num_slots, self.config.block_size, model.dtype,
-                                 model.device)
-        backend = get_attention_backend(self.config.attention_backend, model.device, loaded.config.head_dim)
+                                 model.device, cross_dtype=self.cross_cache_dtype)
         self.runner = ModelRunner(model, cache, loaded.tokenizer.special.no_speech, backend,
                                   self._capture_decode_graphs(cache, backend.name), self.config.audio_context)
         self.windows = WindowRegistry(self.slot_pool)
@@ -118,7 +121,8 @@ class LLMEngine:
             budget = self._gpu_budget_bytes()
         else:
             budget = int(cfg.kv_cache_space_gib * 2**30)
-        blocks, slots = plan_pools(self.loaded.config, budget, cfg.block_size, cfg.max_num_seqs, model.dtype)
+        blocks, slots = plan_pools(self.loaded.config, budget, cfg.block_size, cfg.max_num_seqs, model.dtype,
+                                   self.cross_cache_dtype)
         return cfg.num_kv_blocks or blocks, cfg.num_cross_slots or slots
 
     def _gpu_budget_bytes(self) -> int:

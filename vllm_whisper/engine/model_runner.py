@@ -121,9 +121,11 @@ class ModelRunner:
         self.counters.cross_kv_projections += len(requests)
 
     def slot_cross_kv(self, slot: int, frames: int | None = None) -> CrossKV:
-        """Per layer, views (1, heads, frames, head_dim) of the cross K/V one slot holds (frames: all 1500)."""
+        """Per layer, (1, heads, frames, head_dim) of the cross K/V one slot holds (frames: all 1500), in the model's
+        dtype: views, or copies of a bfloat16 cache (--kv-cache-dtype)."""
         n = frames or self.max_frames
-        return [(k[slot:slot + 1, :, :n], v[slot:slot + 1, :, :n])
+        dtype = self.model.dtype
+        return [(k[slot:slot + 1, :, :n].to(dtype), v[slot:slot + 1, :, :n].to(dtype))
                 for k, v in zip(self.cache.cross_k, self.cache.cross_v)]
 
     def align(self, requests: list[AlignmentRequest]) -> list[AlignmentOutput]:

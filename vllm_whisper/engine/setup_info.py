@@ -24,6 +24,7 @@ class EngineSetup:
     kv_cache_gib: float  # self-attention blocks, all layers, K and V
     num_cross_slots: int
     cross_cache_gib: float  # cross-attention slots, all layers, K and V
+    kv_cache_dtype: str  # what the cross-attention slots store (--kv-cache-dtype)
     cuda_graph_batch_sizes: tuple[int, ...]  # empty when no decode graphs were captured
     max_num_seqs: int
 
@@ -42,5 +43,6 @@ def engine_setup(engine: "LLMEngine") -> EngineSetup:
         attention_backend=runner.backend.name,
         num_kv_blocks=engine.block_pool.num_blocks, kv_cache_gib=_gib(cache.self_k + cache.self_v),
         num_cross_slots=engine.slot_pool.num_slots, cross_cache_gib=_gib(cache.cross_k + cache.cross_v),
+        kv_cache_dtype=str(cache.cross_k[0].dtype).removeprefix("torch."),
         cuda_graph_batch_sizes=tuple(graphs.batch_sizes) if graphs is not None and graphs.captured else (),
         max_num_seqs=engine.config.max_num_seqs)

@@ -16,6 +16,8 @@ import ctypes.util
 import gc
 import logging
 
+from vllm_whisper.engine.cpu_allocator import leave_allocator_alone
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,7 +39,9 @@ MMAP_THRESHOLD_BYTES = 2**20
 
 
 def map_large_blocks_separately(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Fix glibc's mmap threshold (before models load), so freed tensors leave the process; False off glibc."""
+    """Fix glibc's mmap threshold (before models load), so freed tensors leave the process; False off glibc.
+    Engines then keep this setting instead of their own CPU tuning (engine/cpu_allocator.py)."""
+    leave_allocator_alone("models may unload: large blocks are mapped separately")
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False

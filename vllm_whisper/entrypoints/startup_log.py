@@ -19,5 +19,6 @@ def startup_line(setup: EngineSetup, served_names: list[str], host: str, port: i
             f"quantization={setup.quantization} attention={setup.attention_backend} "
             f"kv_cache={setup.num_kv_blocks} blocks ({setup.kv_cache_gib:.2f} GiB) "
             f"cross_slots={setup.num_cross_slots} ({setup.cross_cache_gib:.2f} GiB) "
+            f"kv_cache_dtype={setup.kv_cache_dtype} "
             f"cuda_graphs={buckets} max_num_seqs={setup.max_num_seqs} models={','.join(served_names)} "
             f"listening=http://{host}:{port}")
