@@ -55,3 +55,19 @@ def test_benchmark_accuracy_quick_run(tmp_path):
         assert row["segments"] == len(row["starts"]) > 0, system
         assert row["start_mae_s"] >= 0 and 0 <= row["starts_within"] <= 1 and 0 <= row["sentences_hit"] <= 1, system
         assert 0 <= row["wer"] <= 1, system
+
+
+def test_compared_configurations_are_named_by_what_they_resolved_to(tmp_path):
+    """--compare-kv-cache-dtype and --compare-defaults add our engine again, named by its precision and slots."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import benchmark_accuracy
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    args = benchmark_accuracy.parse_args(["--kv-cache-dtype", "float32", "--compare-kv-cache-dtype", "bfloat16",
+                                          "--compare-defaults", "--skip-transformers", "--skip-faster-whisper",
+                                          "--skip-whisper-cpp"])
+    names = [s.name for s in benchmark_accuracy.build_systems(args, tmp_path)]
+    assert names[0] == "vllm-whisper" and len(names) == 3
+    assert names[1] == "vllm-whisper (float32, bfloat16 cross K/V, audio-context full)"
+    assert names[2].startswith("vllm-whisper (") and "cross K/V" in names[2]  # what --dtype auto picked here
