@@ -44,11 +44,22 @@ def write_wav(path: Path, audio: np.ndarray) -> Path:
 @pytest.fixture(scope="module")
 def long_wav(english_clips, tmp_path_factory) -> Path:
     """~90 s of speech: the test sentences one after another with 1.2 s pauses."""
+    return speech_wav(english_clips, tmp_path_factory.mktemp("long") / "long.wav", 90)
+
+
+@pytest.fixture(scope="module")
+def five_minute_wav(english_clips, tmp_path_factory) -> Path:
+    """~300 s of speech (ten windows decoded one after another): still running well after a short file is done,
+    however fast the engine gets."""
+    return speech_wav(english_clips, tmp_path_factory.mktemp("long") / "five_minutes.wav", 300)
+
+
+def speech_wav(english_clips, path: Path, seconds: float) -> Path:
     gap = np.zeros(int(1.2 * 16000), np.float32)
     parts: list[np.ndarray] = []
-    while sum(len(p) for p in parts) < 90 * 16000:
+    while sum(len(p) for p in parts) < seconds * 16000:
         parts += [load_audio(str(english_clips[len(parts) // 2 % len(english_clips)].path)), gap]
-    return write_wav(tmp_path_factory.mktemp("long") / "long.wav", np.concatenate(parts))
+    return write_wav(path, np.concatenate(parts))
 
 
 def test_the_short_files_line_comes_out_long_before_the_long_file_finishes(long_wav, fox_clip):
@@ -63,8 +74,9 @@ def test_the_short_files_line_comes_out_long_before_the_long_file_finishes(long_
     assert short["file"] == str(fox_clip.path) and "lazy dog" in short["text"].lower()
     assert long["file"] == str(long_wav) and long["duration"] > 89 and len(long["text"].split()) > 150
     # The short file was batched with the long file's first window and printed at once; the long file needed
-    # several more windows (each conditioned on the previous one) before its line.
-    assert ended - short_at > 2.0 and long_at - short_at > 2.0, (short_at - started, long_at - started)
+    # several more windows (each conditioned on the previous one) before its line: at least three more encoder
+    # passes and their decodes, over 1.5 s on the CPU however the engine is tuned.
+    assert ended - short_at > 1.0 and long_at - short_at > 1.0, (short_at - started, long_at - started)
     assert stderr == ""  # no progress bar when stderr is not a terminal
 
 
@@ -82,9 +94,9 @@ def test_outputs_of_the_same_name_are_refused_before_any_work(fox_clip, tmp_path
     assert time.monotonic() - started < 5  # refused before the model was loaded
 
 
-def test_ctrl_c_keeps_the_finished_results_and_exits_130(long_wav, fox_clip, tmp_path):
+def test_ctrl_c_keeps_the_finished_results_and_exits_130(five_minute_wav, fox_clip, tmp_path):
     out = tmp_path / "subs"
-    process = subprocess.Popen(command("transcribe", str(long_wav), str(fox_clip.path), "--output-format", "srt",
+    process = subprocess.Popen(command("transcribe", str(five_minute_wav), str(fox_clip.path), "--output-format", "srt",
                                        "--output-dir", str(out), *SMALL_ENGINE),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 240
@@ -97,7 +109,7 @@ def test_ctrl_c_keeps_the_finished_results_and_exits_130(long_wav, fox_clip, tmp
     assert process.returncode == 130
     assert stderr.count("\n") == 1 and stderr.startswith("error: interrupted: 1 of 2 results were written")
     assert "Traceback" not in stderr
-    assert sorted(p.name for p in out.iterdir()) == ["fox.srt"]  # no half-written long.srt, no temporary file
+    assert sorted(p.name for p in out.iterdir()) == ["fox.srt"]  # no half-written five_minutes.srt, no temporary file
     assert re.fullmatch(r"1\n00:00:0\d,\d{3} --> 00:00:0\d,\d{3}\n.*lazy dog\.?\n\n", (out / "fox.srt").read_text(),
                         re.IGNORECASE | re.DOTALL)
 
