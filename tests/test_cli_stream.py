@@ -54,6 +54,12 @@ def five_minute_wav(english_clips, tmp_path_factory) -> Path:
     return speech_wav(english_clips, tmp_path_factory.mktemp("long") / "five_minutes.wav", 300)
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT back to its default, so Python installs its Ctrl-C handler even when this test runs
+    in a background job of a non-interactive shell (which starts its children with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def speech_wav(english_clips, path: Path, seconds: float) -> Path:
     gap = np.zeros(int(1.2 * 16000), np.float32)
     parts: list[np.ndarray] = []
@@ -74,9 +80,8 @@ def test_the_short_files_line_comes_out_long_before_the_long_file_finishes(long_
     assert short["file"] == str(fox_clip.path) and "lazy dog" in short["text"].lower()
     assert long["file"] == str(long_wav) and long["duration"] > 89 and len(long["text"].split()) > 150
     # The short file was batched with the long file's first window and printed at once; the long file needed
-    # several more windows (each conditioned on the previous one) before its line: at least three more encoder
-    # passes and their decodes, over 1.5 s on the CPU however the engine is tuned.
-    assert ended - short_at > 1.0 and long_at - short_at > 1.0, (short_at - started, long_at - started)
+    # several more windows (each conditioned on the previous one) before its line.
+    assert ended - short_at > 2.0 and long_at - short_at > 2.0, (short_at - started, long_at - started)
     assert stderr == ""  # no progress bar when stderr is not a terminal
 
 
@@ -98,7 +103,8 @@ def test_ctrl_c_keeps_the_finished_results_and_exits_130(five_minute_wav, fox_cl
     out = tmp_path / "subs"
     process = subprocess.Popen(command("transcribe", str(five_minute_wav), str(fox_clip.path), "--output-format", "srt",
                                        "--output-dir", str(out), *SMALL_ENGINE),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               preexec_fn=default_sigint)
     deadline = time.monotonic() + 240
     while not (out / "fox.srt").exists():
         assert process.poll() is None, process.stderr.read()
