@@ -17,20 +17,29 @@ torch.set_num_threads(2)
 
 
 WALKTHROUGH_COMMAND = "bash scripts/test.sh -q --walkthrough tests/test_readme_walkthrough.py"
+# CI's second step: the tooling checks and the walkthrough, outside the default suite's 20-minute budget.
+SECOND_STEP_COMMAND = 'bash scripts/test.sh -q --tooling --walkthrough -m "tooling or walkthrough"'
 
 
 def pytest_addoption(parser):
     parser.addoption("--walkthrough", action="store_true",
                      help="also run the README walkthrough (every README command on a fresh clone; minutes)")
+    parser.addoption("--tooling", action="store_true",
+                     help="also run the build and benchmark tooling checks (CUDA / Triton cross-compiles, benchmark "
+                          "smoke runs; minutes)")
 
 
 def pytest_collection_modifyitems(config, items):
     skip_walkthrough = pytest.mark.skip(reason=f"the README walkthrough runs on its own (CI's second step): "
                                                f"{WALKTHROUGH_COMMAND}")
+    skip_tooling = pytest.mark.skip(reason=f"a build or benchmark tooling check; runs in CI's second step: "
+                                           f"{SECOND_STEP_COMMAND}")
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "walkthrough" in item.keywords and not config.getoption("--walkthrough"):
             item.add_marker(skip_walkthrough)
+        if "tooling" in item.keywords and not config.getoption("--tooling"):
+            item.add_marker(skip_tooling)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
 

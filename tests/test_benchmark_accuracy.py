@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMESTAMP_FIELDS = {"system", "segments", "start_mae_s", "starts_within", "sentences_hit", "wer", "starts"}
 
@@ -21,6 +23,7 @@ def expected_wer_systems() -> set[str]:
     return systems
 
 
+@pytest.mark.tooling
 def test_benchmark_accuracy_quick_run(tmp_path):
     out = tmp_path / "accuracy.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "benchmark_accuracy.py"), "--quick", "--json",

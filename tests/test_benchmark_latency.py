@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 OUR_STAGES = {"audio_decode", "features", "encoder", "first_step", "ttft", "per_token", "total"}
 HF_STAGES = {"features", "encoder", "first_step", "ttft", "per_token", "total"}
 FW_STAGES = {"audio_decode", "features", "encoder", "total"}
 
 
+@pytest.mark.tooling
 def test_benchmark_latency_quick_run(tmp_path):
     out = tmp_path / "latency.json"
     done = subprocess.run(

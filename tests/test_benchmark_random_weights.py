@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "benchmark_random_weights.py"
 SYSTEMS = {"vllm-whisper", "transformers (sdpa)"}
@@ -24,6 +26,7 @@ def load_benchmark():
     return module
 
 
+@pytest.mark.tooling
 def test_quick_run_writes_rows_for_both_systems(tmp_path):
     out = tmp_path / "random.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out)],

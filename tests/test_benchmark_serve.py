@@ -87,7 +87,7 @@ def processes_with_env(entry: str) -> list[int]:
     return found
 
 
-@pytest.mark.slow
+@pytest.mark.tooling
 def test_benchmark_single_server_next_to_serve_one_replica(tmp_path):
     """The real run: both rows answered, the capacity model printed and written, no Ray process left."""
     out = tmp_path / "serve.json"

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.tooling
 def test_benchmark_offline_short_run(tmp_path):
     out = tmp_path / "offline.json"
     done = subprocess.run(
@@ -27,6 +30,7 @@ def test_benchmark_offline_short_run(tmp_path):
         assert row["rtfx"] > 0 and row["wall_s"] > 0 and 0 <= row["wer"] <= 1
 
 
+@pytest.mark.tooling
 def test_benchmark_throughput_short_run(tmp_path):
     out = tmp_path / "throughput.json"
     done = subprocess.run(
@@ -47,6 +51,7 @@ def test_benchmark_throughput_short_run(tmp_path):
     assert data["sentences_per_clip"] == 2
 
 
+@pytest.mark.tooling
 def test_benchmark_serving_short_run(tmp_path):
     """Launches our server and the faster-whisper peer, loads each briefly, and reports both rows."""
     out = tmp_path / "serving.json"
@@ -65,6 +70,7 @@ def test_benchmark_serving_short_run(tmp_path):
         assert row["ttft_p50_s"] > 0 and row["e2e_p99_s"] >= row["e2e_p50_s"] > 0 and row["rtfx"] > 0
 
 
+@pytest.mark.tooling
 def test_benchmark_realtime_short_run(tmp_path):
     out = tmp_path / "realtime.json"
     done = subprocess.run(
@@ -97,6 +103,7 @@ def test_progress_bars_on_a_terminal_only():
     assert done.stdout.split() == ["True", "True", "True"]
 
 
+@pytest.mark.tooling
 def test_soak_smoke(tmp_path):
     """benchmarks/soak.py end to end for a few seconds: mixed load, RSS samples, zero 5xx and zero lost."""
     out = tmp_path / "soak.json"

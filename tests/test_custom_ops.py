@@ -555,7 +555,7 @@ def test_cuda_logits_rules_match_apply_rules(dtype, seed, batch):
 
 # --- CUDA sources: nvcc compile-only ------------------------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.tooling
 def test_cuda_sources_compile_with_nvcc():
     """csrc/cuda/*.cu compile with nvcc for sm_75 and sm_90 (-c, torch's headers), and the CUDA bindings match
     them, so CUDA build breaks show on machines without a GPU (about 40 s on 2 cores)."""

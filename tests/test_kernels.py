@@ -245,6 +245,7 @@ def test_bad_arguments_are_refused(gen):
 
 
 # --- ahead-of-time compilation for real GPUs (no GPU needed) ---------------------------------------------------------
+@pytest.mark.tooling
 def test_kernels_compile_for_turing_ampere_hopper():
     """Every kernel lowers to a cubin for compute capability 7.5, 8.0 and 9.0 at its launch tiles, and the decode
     kernels (and, with tensor cores, the encoder) do not spill registers. A subprocess, since compiling needs
