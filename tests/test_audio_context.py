@@ -18,6 +18,7 @@ from vllm_whisper.audio import load_audio
 from vllm_whisper.audio.features import window_features
 from vllm_whisper.config import EngineConfig
 from vllm_whisper.decoding.greedy import encode_window, greedy_decode
+from vllm_whisper.engine.alignment import AlignmentParams
 from vllm_whisper.engine.audio_context import MIN_FRAMES, encoder_frames
 from vllm_whisper.engine.llm_engine import LLMEngine
 from vllm_whisper.engine.sampler import SamplingParams
@@ -128,19 +129,43 @@ def test_torch_cross_attention_reads_only_the_slots_frames():
         torch.testing.assert_close(out[b:b + 1], want)
 
 
-def test_auto_text_and_word_timestamps_on_sentences(clips):
-    """Through LLM.transcribe with timestamps and word timestamps: auto's WER stays within WER_SLACK of full's, and
-    no segment or word ends after its clip's audio."""
+def test_auto_text_and_timestamps_on_sentences(clips):
+    """Through LLM.transcribe with timestamps: auto's WER stays within WER_SLACK of full's and no segment ends after
+    its clip's audio. With word timestamps, auto encodes whole windows (the alignment heads time words well only over
+    the 1500 frames they were trained on), so its text and word times equal full's exactly."""
     audios, references = [a for a, _, _ in clips], [t for _, _, t in clips]
-    texts = {}
-    for mode in ("full", "auto"):
-        llm = LLM("tiny.en", dtype="float32", audio_context=mode, num_kv_blocks=256, num_cross_slots=8)
-        results = llm.transcribe(audios, word_timestamps=True)
-        texts[mode] = [r.text for r in results]
-        if mode == "auto":
-            for audio, result in zip(audios, results):
-                end = len(audio) / 16000 + 0.02
-                assert all(s.end <= end for s in result.segments)
-                assert all(w.end <= end for s in result.segments for w in s.words or [])
-    full, auto = (word_error_rate(references, texts[m]) for m in ("full", "auto"))
-    assert auto <= full + WER_SLACK, (full, auto, texts)
+    full = LLM("tiny.en", dtype="float32", audio_context="full", num_kv_blocks=256, num_cross_slots=8)
+    auto = LLM("tiny.en", dtype="float32", audio_context="auto", num_kv_blocks=256, num_cross_slots=8)
+    with_words = {name: llm.transcribe(audios, word_timestamps=True) for name, llm in (("full", full), ("auto", auto))}
+    for full_result, auto_result in zip(with_words["full"], with_words["auto"]):
+        assert auto_result.text == full_result.text
+        assert [(w.word, w.start, w.end) for s in auto_result.segments for w in s.words] == \
+            [(w.word, w.start, w.end) for s in full_result.segments for w in s.words]
+    shortened = auto.transcribe(audios)
+    for audio, result in zip(audios, shortened):
+        assert all(s.end <= len(audio) / 16000 + 0.02 for s in result.segments)
+    full_wer = word_error_rate(references, [r.text for r in with_words["full"]])
+    auto_wer = word_error_rate(references, [r.text for r in shortened])
+    assert auto_wer <= full_wer + WER_SLACK, (full_wer, auto_wer, [r.text for r in shortened])
+
+
+def test_a_window_whose_words_are_aligned_is_encoded_whole(tiny_en, clips):
+    """Under auto, a request with full_audio_context (its words will be aligned) is encoded over all 1500 frames and
+    decodes as the full-window reference, next to the same clip shortened; an alignment pass that encodes its own
+    window encodes it whole too."""
+    audio, short, _ = clips[0]
+    seconds = len(audio) / 16000
+    engine = LLMEngine(tiny_en, EngineConfig(num_kv_blocks=64, num_cross_slots=4, audio_context="auto"))
+    prompt, params = plain_params(tiny_en)
+    seen, handle = encoder_inputs(tiny_en)
+    try:
+        outs = run(engine, [("short", short, prompt, params, seconds),
+                            ("words", short, prompt, params, seconds, None, False, 0, None, True)])
+        aligned = [t for t in outs["words"].tokens if t < tiny_en.tokenizer.eot]  # text tokens
+        engine.add_alignment_request("align", short, prompt, AlignmentParams(tuple(aligned), len(audio) // 160))
+        run_to_completion(engine)
+    finally:
+        handle.remove()
+    assert sorted(seen) == [2 * MIN_FRAMES, 3000, 3000]
+    assert outs["short"].tokens == oracle(tiny_en, short, MIN_FRAMES, prompt, params)
+    assert outs["words"].tokens == oracle(tiny_en, short, 1500, prompt, params)

@@ -79,7 +79,8 @@ class EngineArgs:
     audio_context: str = field(default="full", metadata=_help(
         "encoder frames per window: full (every window 30 s, 1500 frames) or auto (a window holding less audio is "
         "encoded over only the frames it needs plus 1 s, in 128-frame buckets of at least 1024 (20.5 s): faster "
-        "on short clips, at the accuracy benchmarks/README.md measures)"))
+        "on short clips, at the accuracy benchmarks/README.md measures; windows whose words are timestamped are "
+        "always encoded whole)"))
     kv_cache_dtype: str = field(default="auto", metadata=_help(
         "what the cross-attention K/V cache stores (self-attention blocks keep the model's dtype): auto (bfloat16 "
         "on the CPU, where each decode step is bound by reading every window's cross K/V and a C++ kernel widens "

@@ -70,13 +70,14 @@ class AsyncLLMEngine:
     def generate(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
                        audio_seconds: float = 30.0, window_key: str | None = None,
                        retain_window: bool = False, priority: int = 0,
-                       urgent_after: float | None = None) -> AsyncIterator[RequestOutput]:
+                       urgent_after: float | None = None,
+                       full_audio_context: bool = False) -> AsyncIterator[RequestOutput]:
         """Yield this request's outputs as steps produce them; the last one has finished=True. A lower priority
         value is admitted first (realtime turns use 1, their partial passes 2); with urgent_after, a deferred request
         counts as priority 0 after that many seconds (see LLMEngine.add_request)."""
         def add() -> None:
             self.engine.add_request(request_id, features, prompt, params, audio_seconds, window_key, retain_window,
-                                    priority, urgent_after)
+                                    priority, urgent_after, full_audio_context)
 
         return self._outputs(request_id, add)
 

@@ -4,7 +4,8 @@ cross-attention read a fraction of the 1500 frames. `--audio-context full` (the 
 
 Buckets keep encoder batches exact (windows are grouped by length, no attention mask) and the number of shapes
 small; the margin gives the model the silence after the speech it is used to (whisper.cpp users find that without
-one the last words are dropped or repeated)."""
+one the last words are dropped or repeated). A window whose words will be aligned is always encoded whole
+(Request.full_audio_context): the alignment heads time words well only over the 1500 frames they were trained on."""
 
 from __future__ import annotations
 

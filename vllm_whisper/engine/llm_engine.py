@@ -157,12 +157,14 @@ class LLMEngine:
     # --- requests ---------------------------------------------------------------------------------
     def add_request(self, request_id: str, features: Tensor, prompt: list[int], params: SamplingParams,
                     audio_seconds: float = 30.0, window_key: str | None = None, retain_window: bool = False,
-                    priority: int = 0, urgent_after: float | None = None) -> None:
+                    priority: int = 0, urgent_after: float | None = None, full_audio_context: bool = False) -> None:
         """Queue one window for decoding; features are (n_mels, 3000) log-mel frames.
 
         Requests with the same window_key share one encoder run and cross-attention slot. With retain_window the
         slot outlives the request until release_window(window_key), so later requests skip the encoder too. A
-        request of priority > 0 with urgent_after counts as priority 0 that many seconds after it was added.
+        request of priority > 0 with urgent_after counts as priority 0 that many seconds after it was added. With
+        full_audio_context the window is encoded over all its frames whatever `--audio-context` says (a window whose
+        words will be aligned).
         """
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -185,7 +187,8 @@ class LLMEngine:
             generator = torch.Generator(device=self.loaded.model.device)
             generator.manual_seed(params.seed if params.seed is not None else torch.seed())
         request = Request(request_id, features, list(prompt), params, max_tokens, audio_seconds,
-                          generator=generator, priority=priority, urgent_after=urgent_after)
+                          generator=generator, priority=priority, urgent_after=urgent_after,
+                          full_audio_context=full_audio_context)
         request.window = self.windows.attach(window_key or f"request:{request_id}", retain_window)
         self.requests[request_id] = request
         self.scheduler.add(request)

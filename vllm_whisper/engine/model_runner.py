@@ -58,7 +58,10 @@ class ModelRunner:
         self.counters = RunnerCounters()
 
     def frames_for(self, request: Request | AlignmentRequest) -> int:
-        """Encoder frames the request's window is encoded over (max_frames unless the audio context is shortened)."""
+        """Encoder frames the request's window is encoded over: max_frames unless the audio context is shortened, and
+        always for a window whose words will be aligned (an alignment pass, or a request that asks for it)."""
+        if isinstance(request, AlignmentRequest) or request.full_audio_context:
+            return self.max_frames
         return encoder_frames(self.audio_context, request.audio_seconds, self.max_frames)
 
     @torch.inference_mode()

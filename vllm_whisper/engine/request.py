@@ -68,6 +68,9 @@ class Request:
     window: WindowState | None = None  # the window (and cross-attention slot) this request decodes
     generator: torch.Generator | None = None
     priority: int = 0  # lower is admitted first (vLLM's convention); equal priorities keep arrival order
+    # Encode this window over all 1500 frames even under `--audio-context auto`: its words will be aligned, and the
+    # alignment heads time words well only over the context they were trained on.
+    full_audio_context: bool = False
     # Seconds after arrival from which a deferred request (priority > 0) counts as priority 0: its latency budget, so
     # work that yields to uploads is still never starved by them. None: it stays at its priority.
     urgent_after: float | None = None

@@ -28,7 +28,8 @@ class _EngineJobs:
                                               window_key=job.window_key, retain_window=True)
         else:
             self.engine.add_request(job.job_id, job.features, job.prompt, job.params, job.audio_seconds,
-                                    window_key=job.window_key, retain_window=True)
+                                    window_key=job.window_key, retain_window=True,
+                                    full_audio_context=job.full_audio_context)
 
     def release_window(self, window_key: str) -> None:
         self.engine.release_window(window_key)

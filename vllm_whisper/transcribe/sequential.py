@@ -51,6 +51,7 @@ class WindowJob:
     audio_seconds: float
     forced_prefix: list[int] = field(default_factory=list)  # prompt tokens that belong to the transcript
     alignment: AlignmentParams | None = None  # an "align" job's text to time (its prompt has no timestamps)
+    full_audio_context: bool = False  # the window's words will be aligned: encode all of it (engine/audio_context.py)
 
 
 @dataclass
@@ -171,7 +172,7 @@ class LongFormTranscription:
         if self.language is None:
             params = SamplingParams(language_rules(self.loaded), max_new_tokens=1)
             job = WindowJob(self._job_id("lang"), key, features, [self.loaded.tokenizer.sot], params, "language",
-                            window_frames / 100)
+                            window_frames / 100, full_audio_context=self.params.word_timestamps)
         else:
             forced = self._prefix_tokens if self.seek == 0 else []
             previous = self._all_tokens[self._prompt_reset_since:]
@@ -182,7 +183,7 @@ class LongFormTranscription:
             if forced:  # the transcript continues after the prefix, which may be complete: allow end-of-text
                 params = replace(params, rules=replace(self.rules, suppress_blank=False))
             job = WindowJob(self._job_id("win"), key, features, prompt + forced, params, "transcribe",
-                            window_frames / 100, forced)
+                            window_frames / 100, forced, full_audio_context=self.params.word_timestamps)
         self._in_flight = job
         return job
 

@@ -96,7 +96,7 @@ class _TaskJobs:
                                      window_key=job.window_key, retain_window=True)
         return self.engine.generate(job.job_id, job.features, job.prompt, job.params, job.audio_seconds,
                                     window_key=job.window_key, retain_window=True, priority=self.priority,
-                                    urgent_after=self.urgent_after)
+                                    urgent_after=self.urgent_after, full_audio_context=job.full_audio_context)
 
     def release_window(self, window_key: str) -> None:
         self.engine.release_window(window_key)
