@@ -98,3 +98,19 @@ def test_a_busy_port_fails_within_2_s_before_the_model_loads(entry):
     assert done.stderr == f"error: port {port} on 127.0.0.1 is already in use (another server?); choose another " \
                           "with --port, or stop the process that holds it\n"
     assert elapsed < 2.0, f"took {elapsed:.2f} s: the port must be checked before torch and the model load"
+
+
+@pytest.mark.parametrize("value, accepted", [("0", 0.0), ("2.5", 2.5), ("-1", None), ("inf", None), ("nan", None)])
+def test_realtime_turn_yield_takes_zero_or_more_seconds(value, accepted, capsys):
+    """argparse's error names the flag and the rule (exit 2, after its usage line, as for every argparse error)."""
+    from vllm_whisper.entrypoints.server_args import build_server_parser
+
+    parser = build_server_parser("vllm-whisper serve")
+    if accepted is not None:
+        assert parser.parse_args(["--realtime-turn-yield-seconds", value]).realtime_turn_yield_seconds == accepted
+        return
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--realtime-turn-yield-seconds", value])
+    assert exited.value.code == 2
+    assert f"argument --realtime-turn-yield-seconds: must be a number of seconds, 0 or more, got {value}" in \
+        capsys.readouterr().err

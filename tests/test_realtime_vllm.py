@@ -24,12 +24,13 @@ from vllm_whisper.testing.speech import HARVARD_SENTENCES, normalize_text, parag
 from vllm_whisper.testing.timeline import speech_bounds
 
 TEXT = " ".join(HARVARD_SENTENCES[:2])
+TURN_YIELD_S = 7.5  # --realtime-turn-yield-seconds of the module's server (the default is 15)
 
 
 @pytest.fixture(scope="module")
 def server():
     with serve_in_thread("--model", "tiny.en", "--dtype", "float32", "--kv-cache-space", "0.25",
-                         "--max-realtime-sessions", "2") as running:
+                         "--max-realtime-sessions", "2", "--realtime-turn-yield-seconds", str(TURN_YIELD_S)) as running:
         yield running
 
 
@@ -268,3 +269,26 @@ def test_vllm_sessions_count_toward_the_session_limit(server):
     outcome = asyncio.run(main())
     assert outcome in (("denied", 429, "rate_limit_exceeded"), ("closed", 1013, "rate_limit_exceeded")), outcome
     assert server.state.realtime_sessions == 0 and server.state.service.in_progress == 0
+
+
+def test_final_passes_yield_for_the_configured_time_and_partial_passes_are_best_effort(server, speech):
+    """--realtime-turn-yield-seconds reaches the engine: a committed turn's final pass is queued at priority 1 with
+    that latency budget, its partial passes at priority 2 without one."""
+    scheduler = server.state.engine.engine.scheduler
+    queued: list[tuple[str, int, float | None]] = []
+    add = scheduler.add
+
+    def recording_add(request):
+        queued.append((request.request_id, request.priority, request.urgent_after))
+        return add(request)
+
+    scheduler.add = recording_add
+    try:
+        run = asyncio.run(vllm_client(ws_url(server), speech, pace=0.05))
+    finally:
+        del scheduler.add
+    assert not run.of_type("error"), run.events
+    final = [(p, u) for request_id, p, u in queued if "-final" in request_id]
+    partial = [(p, u) for request_id, p, u in queued if request_id.startswith("rt-") and "-final" not in request_id]
+    assert final and set(final) == {(1, TURN_YIELD_S)}, queued
+    assert partial and set(partial) == {(2, None)}, queued

@@ -44,7 +44,7 @@ from vllm_whisper.entrypoints.model_registry import ModelEntry, ModelRegistry
 from vllm_whisper.entrypoints.model_runtime import ModelRuntime, build_runtime
 from vllm_whisper.entrypoints.model_specs import model_specs
 from vllm_whisper.entrypoints.openai.errors import OpenAIError
-from vllm_whisper.entrypoints.openai.realtime_base import check_websocket_key
+from vllm_whisper.entrypoints.openai.realtime_base import FINAL_PASS_BUDGET_S, check_websocket_key
 from vllm_whisper.entrypoints.openai.realtime_endpoint import OPENAI_INTENT, RealtimeEndpoint
 from vllm_whisper.entrypoints.openai.serving_transcription import TranscriptionService
 from vllm_whisper.entrypoints.ray_serve.options import check_ray_flags
@@ -65,6 +65,7 @@ class ServerState:
     drain: Drain = field(default_factory=Drain)
     max_realtime_sessions: int = 32
     realtime_sessions: int = 0  # open realtime WebSockets (each also counts as one request in progress)
+    realtime_turn_yield_s: float = FINAL_PASS_BUDGET_S  # --realtime-turn-yield-seconds
     protect_metrics: bool = False  # /metrics needs the API key too
 
     @property
@@ -116,7 +117,7 @@ def create_state(args: argparse.Namespace) -> ServerState:
         map_large_blocks_separately()  # models may unload: their freed memory must leave the process
     registry.load_at_start()
     return ServerState(registry, metrics, args.api_key, int(time.time()), drain, args.max_realtime_sessions,
-                       protect_metrics=args.protect_metrics)
+                       protect_metrics=args.protect_metrics, realtime_turn_yield_s=args.realtime_turn_yield_seconds)
 
 
 def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> FastAPI:
@@ -191,7 +192,8 @@ def build_app(state: ServerState, allowed_origins: list[str] | None = None) -> F
             await websocket.close(code=1003)
             return
         names = state.served_names if len(state.registry.entries) == 1 else list(runtime.spec.served_names)
-        endpoint = RealtimeEndpoint(websocket, intent, runtime.engine, names, runtime.loaded.tokenizer.is_multilingual)
+        endpoint = RealtimeEndpoint(websocket, intent, runtime.engine, names, runtime.loaded.tokenizer.is_multilingual,
+                                    state.realtime_turn_yield_s)
         state.drain.on_start.append(endpoint.close_for_shutdown)
         state.realtime_sessions += 1
         runtime.service.in_progress += 1

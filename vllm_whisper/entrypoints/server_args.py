@@ -73,6 +73,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help="open realtime WebSocket sessions at once; beyond them a new one gets 429 (or close code "
                              "1013 where the client cannot read a denial response). Each also counts toward "
                              "--max-waiting-requests' admission limit")
+    parser.add_argument("--realtime-turn-yield-seconds", type=_non_negative_seconds, default=15.0, metavar="SECONDS",
+                        help="on a busy engine, a committed realtime turn's final pass lets uploads go first for at "
+                             "most this long, then goes ahead of later ones (0: never yields; larger: uploads' "
+                             "latency over live turns')")
     parser.add_argument("--max-waiting-requests", type=int, default=256,
                         help="requests accepted beyond --max-num-seqs before answering 429")
     parser.add_argument("--allowed-origins", default=None,
@@ -89,6 +93,13 @@ def _positive_seconds(value: str) -> float:
     seconds = float(value)
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return seconds
+
+
+def _non_negative_seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {value}")
     return seconds
 
 

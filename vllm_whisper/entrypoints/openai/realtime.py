@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket
 from vllm_whisper.audio.live import LiveAudioBuffer, TurnDetector, decode_pcm16
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.entrypoints.openai.realtime_base import (
-    MAX_TURN_S, EventHandler, RealtimeError, RealtimeSessionBase, event_id)
+    FINAL_PASS_BUDGET_S, MAX_TURN_S, EventHandler, RealtimeError, RealtimeSessionBase, event_id)
 from vllm_whisper.languages import normalize_language
 from vllm_whisper.transcribe.incremental import LocalAgreement
 
@@ -55,8 +55,8 @@ class RealtimeSession(RealtimeSessionBase):
     """One WebSocket's state: the turn's audio, its item id, partial passes and the agreement of their text."""
 
     def __init__(self, websocket: WebSocket, engine: AsyncLLMEngine, served_names: list[str],
-                 multilingual: bool, session_id: str | None = None):
-        super().__init__(websocket, engine, served_names, multilingual, DEFAULT_RATE, session_id)
+                 multilingual: bool, session_id: str | None = None, turn_yield_s: float = FINAL_PASS_BUDGET_S):
+        super().__init__(websocket, engine, served_names, multilingual, DEFAULT_RATE, session_id, turn_yield_s)
         self.config = SessionConfig(model=served_names[0])
         self.stream_seconds = 0.0  # audio received since the session (or the last clear), at 16 kHz
         self.turn_offset = 0.0  # where the buffer starts on that timeline

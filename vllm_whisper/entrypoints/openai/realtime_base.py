@@ -6,7 +6,8 @@ the close on server shutdown, and partial passes: while an utterance grows, its 
 words two passes agree on (LocalAgreement) are sent once and never change.
 
 Engine priorities: uploads 0; a committed turn's final pass 1 (it yields to uploads, but only for
-`FINAL_PASS_BUDGET_S`, after which it counts as 0 and goes ahead of later uploads); partial passes 2 (pure best effort).
+`--realtime-turn-yield-seconds`, default FINAL_PASS_BUDGET_S, after which it counts as 0 and goes ahead of later
+uploads); partial passes 2 (pure best effort).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ PASS_INTERVAL_S = 0.3  # new audio needed before another partial pass
 MIN_PASS_AUDIO_S = 0.6  # no partial pass on less audio than this
 MAX_TURN_S = 29.0  # audio decoded as one piece at most (Whisper hears 30 s at a time)
 FINAL_PASS_PRIORITY = 1  # engine priority of a committed turn's final pass: after uploads (priority 0) ...
-FINAL_PASS_BUDGET_S = 15.0  # ... for at most this long; then it is urgent (priority 0), so uploads cannot starve turns
+FINAL_PASS_BUDGET_S = 15.0  # ... for at most this long by default; then it is urgent (priority 0), so uploads cannot
+# starve turns (benchmarks/benchmark_realtime_load.py measured it)
 PARTIAL_PASS_PRIORITY = 2  # engine priority of partial passes: after uploads and committed turns
 
 # What parsing a client's event can raise besides our own errors: wrong types (a string rate, a list where an object
@@ -74,8 +76,11 @@ class RealtimeSessionBase(ABC):
     AUDIO_ERROR_CODE = "invalid_value"  # error code for audio that is not base64 PCM16
 
     def __init__(self, websocket: WebSocket, engine: AsyncLLMEngine, served_names: list[str], multilingual: bool,
-                 rate: int, session_id: str | None = None):
+                 rate: int, session_id: str | None = None, turn_yield_s: float = FINAL_PASS_BUDGET_S):
+        if turn_yield_s < 0:
+            raise ValueError(f"turn_yield_s must be 0 or more seconds, got {turn_yield_s}")
         self.ws, self.engine = websocket, engine
+        self.turn_yield_s = turn_yield_s  # how long a committed turn's final pass lets uploads go first
         self.served_names, self.multilingual = served_names, multilingual
         self.session_id = session_id or new_session_id()
         self.audio = LiveAudioBuffer(rate)
@@ -242,7 +247,7 @@ class RealtimeSessionBase(ABC):
         # Partial passes are best effort: they queue behind uploads and committed turns, so many live sessions
         # cannot starve the server's other work. A committed turn's final pass yields to uploads within its budget:
         # on a saturated CPU every upload would otherwise share its steps with the encoder passes of many turns.
-        priority, budget = (FINAL_PASS_PRIORITY, FINAL_PASS_BUDGET_S) if final else (PARTIAL_PASS_PRIORITY, None)
+        priority, budget = (FINAL_PASS_PRIORITY, self.turn_yield_s) if final else (PARTIAL_PASS_PRIORITY, None)
         request_id = f"rt-{self.session_id}-{tag}"
         turn = RequestRecord(request_id, self.served_names[0], "realtime", audio_seconds=audio.size / 16000,
                              streamed=True)

@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.entrypoints.openai.realtime import RealtimeSession
-from vllm_whisper.entrypoints.openai.realtime_base import RealtimeSessionBase, event_id
+from vllm_whisper.entrypoints.openai.realtime_base import FINAL_PASS_BUDGET_S, RealtimeSessionBase, event_id
 from vllm_whisper.entrypoints.openai.realtime_vllm import VllmRealtimeSession
 
 OPENAI_INTENT = "transcription"
@@ -41,17 +41,20 @@ class RealtimeEndpoint:
     """One /v1/realtime socket: picks its protocol, then runs that protocol's session."""
 
     def __init__(self, websocket: WebSocket, intent: str | None, engine: AsyncLLMEngine, served_names: list[str],
-                 multilingual: bool):
+                 multilingual: bool, turn_yield_s: float = FINAL_PASS_BUDGET_S):
         self.ws, self.intent, self.engine = websocket, intent, engine
         self.served_names, self.multilingual = served_names, multilingual
+        self.turn_yield_s = turn_yield_s  # --realtime-turn-yield-seconds
         self.session: RealtimeSessionBase | None = None
 
     async def run(self) -> None:
         if self.intent == OPENAI_INTENT:
-            self.session = RealtimeSession(self.ws, self.engine, self.served_names, self.multilingual)
+            self.session = RealtimeSession(self.ws, self.engine, self.served_names, self.multilingual,
+                                           turn_yield_s=self.turn_yield_s)
             await self.session.run()
             return
-        vllm = VllmRealtimeSession(self.ws, self.engine, self.served_names, self.multilingual)
+        vllm = VllmRealtimeSession(self.ws, self.engine, self.served_names, self.multilingual,
+                                   turn_yield_s=self.turn_yield_s)
         self.session = vllm  # until the first frame says otherwise (also what a shutdown meanwhile speaks)
         openai_created = RealtimeSession.ga_created_event(vllm.session_id, self.served_names[0])
         await vllm.send({"type": "session.created", "event_id": event_id(), **vllm.greeting(),
@@ -64,7 +67,7 @@ class RealtimeEndpoint:
             return
         if opens_openai_session(first):
             self.session = RealtimeSession(self.ws, self.engine, self.served_names, self.multilingual,
-                                           session_id=vllm.session_id)
+                                           session_id=vllm.session_id, turn_yield_s=self.turn_yield_s)
         await self.session.run(first_message=first, greet=False)
 
     async def close_for_shutdown(self) -> None:

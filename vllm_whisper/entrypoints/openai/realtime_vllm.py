@@ -29,7 +29,7 @@ from vllm_whisper.audio.decode import SAMPLE_RATE
 from vllm_whisper.audio.live import decode_pcm16
 from vllm_whisper.engine.async_engine import AsyncLLMEngine
 from vllm_whisper.entrypoints.openai.realtime_base import (
-    MAX_TURN_S, EventHandler, RealtimeError, RealtimeSessionBase, reason)
+    FINAL_PASS_BUDGET_S, MAX_TURN_S, EventHandler, RealtimeError, RealtimeSessionBase, reason)
 from vllm_whisper.languages import normalize_language
 from vllm_whisper.outputs.sse import AUDIO_TOKENS_PER_SECOND
 from vllm_whisper.transcribe.incremental import LocalAgreement
@@ -45,8 +45,8 @@ class VllmRealtimeSession(RealtimeSessionBase):
     AUDIO_ERROR_CODE = "invalid_audio"
 
     def __init__(self, websocket: WebSocket, engine: AsyncLLMEngine, served_names: list[str], multilingual: bool,
-                 session_id: str | None = None):
-        super().__init__(websocket, engine, served_names, multilingual, SAMPLE_RATE, session_id)
+                 session_id: str | None = None, turn_yield_s: float = FINAL_PASS_BUDGET_S):
+        super().__init__(websocket, engine, served_names, multilingual, SAMPLE_RATE, session_id, turn_yield_s)
         self.model: str | None = None  # set by a valid session.update; commits need it
         self.language: str | None = None
         self.prompt: str | None = None
