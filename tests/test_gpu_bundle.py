@@ -55,4 +55,28 @@ def test_acceptance_script_rejects_an_unknown_step():
     script = ROOT / "scripts" / "gpu_acceptance.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     usage = subprocess.run(["bash", str(script), "everything"], capture_output=True, text=True)
-    assert usage.returncode == 2 and "usage" in usage.stderr
+    assert usage.returncode == 2 and "usage" in usage.stderr and "all|" in usage.stderr
+
+
+def test_acceptance_all_runs_every_stage_under_its_limit_and_summarises(tmp_path):
+    """The one-call step on a machine without a GPU (nvidia-smi faked): every stage runs although the ones before it
+    failed or overran, each leaves its log in $OUT and one summary line, and the script itself exits 0."""
+    bundle = tmp_path / "bundle"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_bundle.py"), "--out", str(bundle)], check=True,
+                   capture_output=True, cwd=ROOT)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "nvidia-smi").write_text("#!/bin/sh\necho 'no GPU here (faked), 0, 0 MiB'\n")
+    (fake_bin / "nvidia-smi").chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}", PYTHON=sys.executable, OUT=str(out),
+               GPU_BUNDLE_DIR=str(bundle), ACCEPTANCE_TESTS_S="3", ACCEPTANCE_SHAPE_S="60", ACCEPTANCE_BUILD_S="60")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_acceptance.sh"), "all"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert [line.split()[0] for line in summary] == ["extension", "tests", "random_small", "random_large-v3-turbo"]
+    assert "TIMED OUT after 3 s" in summary[1]
+    assert all("FAILED" in line for line in summary[:1] + summary[2:]), summary
+    assert "no CUDA GPU" in (out / "random_small.log").read_text()
+    assert (out / "machine.txt").read_text().startswith("no GPU here")
