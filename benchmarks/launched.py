@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -14,17 +13,12 @@ from pathlib import Path
 
 import aiohttp
 
+from vllm_whisper.testing.ports import free_port  # noqa: F401 (re-exported to the benchmarks)
 from proc_tree import ProcessInfo, related_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLICA_HEADER = "x-vllm-whisper-replica"
 MARKER_ENV = "VLLM_WHISPER_BENCH_LAUNCH"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LaunchedServer:

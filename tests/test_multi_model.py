@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ from vllm_whisper.entrypoints.model_footprint import GIB, Footprint
 from vllm_whisper.entrypoints.model_registry import ModelRegistry
 from vllm_whisper.entrypoints.model_specs import ModelSpec
 from vllm_whisper.entrypoints.openai.errors import OpenAIError
+from vllm_whisper.testing.ports import free_port
 from vllm_whisper.testing.speech import normalize_text
 
 TTL_S = 3.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
     """`serve tiny.en --model base --models-dir DIR --model-ttl 3 --models-memory-budget-gib 8` in its own process."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
     command = [sys.executable, "-m", "vllm_whisper.entrypoints.api_server", "tiny.en", "--model", "base",
                "--models-dir", str(models_dir), "--model-ttl", str(TTL_S), "--models-memory-budget-gib", "8",

@@ -14,7 +14,6 @@ import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,17 +36,12 @@ from vllm_whisper.testing.encode import encode_audio
 from vllm_whisper.testing.realtime_client import stream_audio
 from vllm_whisper.testing.speech import HARVARD_SENTENCES, normalize_text, synthesize
 from vllm_whisper.testing.timeline import speech_bounds
+from vllm_whisper.testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "ray-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SERVER_FLAGS = ["--model", "tiny.en", "--dtype", "float32", "--kv-cache-space", "0.25", "--api-key", API_KEY]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def words_match(expected: str, got: str, allowed_errors: int = 2) -> bool:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,14 +21,9 @@ import websockets
 
 from vllm_whisper.audio import load_audio
 from vllm_whisper.testing.encode import encode_audio
+from vllm_whisper.testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(port: int, *flags: str) -> subprocess.Popen:

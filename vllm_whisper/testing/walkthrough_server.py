@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from vllm_whisper.testing.ports import free_port
 
 SERVER_COMMAND = re.compile(r"^(vllm-whisper serve\b|python -m vllm_whisper\.entrypoints\.api_server\b|"
                             r"bash scripts/serve\.sh\b)")
@@ -25,12 +26,6 @@ class WalkthroughError(AssertionError):
 
 def is_server_command(command: str) -> bool:
     return SERVER_COMMAND.match(command) is not None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def without_comment(command: str) -> str:
